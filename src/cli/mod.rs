@@ -1,0 +1,125 @@
+//! Command-line parsing: the subcommands of INTERFACE.md.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ringcast",
+    version,
+    about = "WebSocket broadcast server on io_uring: publishers write to a local UDP or Unix socket, every subscribed client gets the message."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server in the foreground (what systemd runs).
+    Serve(ServeArgs),
+}
+
+/// Every flag is also a key of the TOML config file; flags win.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// TOML config file (keys as the flags below, without `--`).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// WebSocket + HTTP listener [default: 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// UDP feed socket, or `off` [default: 127.0.0.1:9000].
+    #[arg(long, value_name = "ADDR")]
+    pub udp: Option<String>,
+    /// Unix stream feed socket, or `off` [default: ./ringcast.sock].
+    #[arg(long, value_name = "PATH")]
+    pub unix: Option<String>,
+    /// Shards (threads, each pinned to a CPU) [default: CPUs allowed to the process].
+    #[arg(long, value_name = "N")]
+    pub shards: Option<String>,
+    /// Per-connection queued-bytes limit; above it the client is disconnected (4008) [default: 4MiB].
+    #[arg(long, value_name = "BYTES")]
+    pub high_water: Option<String>,
+    /// Largest message a /ws client may send [default: 64KiB].
+    #[arg(long, value_name = "BYTES")]
+    pub max_message: Option<String>,
+    /// Largest message on /echo [default: 16MiB].
+    #[arg(long, value_name = "BYTES")]
+    pub echo_max_message: Option<String>,
+    /// Largest feed message (UDP datagram or Unix line) [default: 1MiB].
+    #[arg(long, value_name = "BYTES")]
+    pub max_feed_message: Option<String>,
+    /// Server ping period [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    pub ping_interval: Option<String>,
+    /// Close a client silent this long after a ping [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    pub ping_timeout: Option<String>,
+    /// Drop connections that have not completed the handshake by then [default: 5s].
+    #[arg(long, value_name = "DURATION")]
+    pub handshake_timeout: Option<String>,
+    /// Serve /echo, which echoes every message (for conformance suites).
+    #[arg(long)]
+    pub echo: bool,
+    /// Receive buffers per shard, a power of two [default: 1024].
+    #[arg(long, value_name = "N")]
+    pub recv_buffers: Option<String>,
+    /// Size of each receive buffer [default: 4KiB].
+    #[arg(long, value_name = "BYTES")]
+    pub recv_buffer_size: Option<String>,
+    /// Log format: text or json [default: text].
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<String>,
+}
+
+impl ServeArgs {
+    /// The flags the user gave, as (config key, value) pairs.
+    pub fn given(&self) -> Vec<(&'static str, String)> {
+        let options = [
+            ("listen", &self.listen),
+            ("udp", &self.udp),
+            ("unix", &self.unix),
+            ("shards", &self.shards),
+            ("high-water", &self.high_water),
+            ("max-message", &self.max_message),
+            ("echo-max-message", &self.echo_max_message),
+            ("max-feed-message", &self.max_feed_message),
+            ("ping-interval", &self.ping_interval),
+            ("ping-timeout", &self.ping_timeout),
+            ("handshake-timeout", &self.handshake_timeout),
+            ("recv-buffers", &self.recv_buffers),
+            ("recv-buffer-size", &self.recv_buffer_size),
+            ("log-format", &self.log_format),
+        ];
+        let mut given: Vec<(&'static str, String)> = options
+            .into_iter()
+            .filter_map(|(key, value)| value.clone().map(|v| (key, v)))
+            .collect();
+        if self.echo {
+            given.push(("echo", "true".to_owned()));
+        }
+        given
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::KEYS;
+
+    #[test]
+    fn every_config_key_is_a_flag() {
+        let args = Cli::parse_from(["ringcast", "serve"]);
+        let Command::Serve(_) = args.command;
+        let cmd = <Cli as clap::CommandFactory>::command();
+        let serve = cmd.find_subcommand("serve").unwrap();
+        for key in KEYS {
+            assert!(
+                serve.get_arguments().any(|a| a.get_long() == Some(key)),
+                "config key {key} has no flag"
+            );
+        }
+    }
+}

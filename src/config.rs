@@ -1,0 +1,313 @@
+//! `serve` settings: embedded defaults, then the TOML file (`--config`), then
+//! flags. Both sources go through one parser per key, so a bad value gives the
+//! same clear error whether it came from a flag or the file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Everything `serve` can be told. Each default is chosen for a single box
+/// serving many browsers; the comment says why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServeConfig {
+    /// WebSocket + HTTP listener. Loopback by default: exposing a server is a
+    /// decision the operator makes explicitly (usually behind nginx or an LB).
+    pub listen: SocketAddr,
+    /// UDP feed (one datagram = one message); `None` when `off`.
+    pub udp: Option<SocketAddr>,
+    /// Unix stream feed (one message per line); `None` when `off`.
+    pub unix: Option<PathBuf>,
+    /// Shards (threads, one per CPU); `None` = every CPU the process may use.
+    pub shards: Option<usize>,
+    /// Per-connection queued-bytes limit: 4 MiB holds ~30k typical 128-byte
+    /// messages, ample for a burst, small enough that 100 stuck clients cost
+    /// at most 400 MiB before they are cut.
+    pub high_water: u64,
+    /// Largest message a client may send on `/ws` (control messages are tiny;
+    /// 64 KiB leaves room and bounds what a client can make us buffer).
+    pub max_message: usize,
+    /// Largest message a client may send on `/echo` (conformance suites send 16 MiB).
+    pub echo_max_message: usize,
+    /// Largest feed message (a UDP datagram or a Unix line).
+    pub max_feed_message: usize,
+    /// Server ping period: 30 s keeps NAT and proxy idle timers (often 60 s) open.
+    pub ping_interval: Duration,
+    /// How long a pinged client may stay silent before it is closed.
+    pub ping_timeout: Duration,
+    /// A handshake not completed within this is dropped (slowloris).
+    pub handshake_timeout: Duration,
+    /// Serve `/echo` (conformance testing); off in production.
+    pub echo: bool,
+    /// Provided receive buffers per shard and their size. Shared by all the
+    /// shard's connections: idle sockets hold no buffer.
+    pub recv_buffers: u16,
+    pub recv_buffer_size: u32,
+    /// Log output format.
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            listen: "127.0.0.1:8080".parse().expect("valid literal"),
+            udp: Some("127.0.0.1:9000".parse().expect("valid literal")),
+            unix: Some(PathBuf::from("./ringcast.sock")),
+            shards: None,
+            high_water: 4 * 1024 * 1024,
+            max_message: 64 * 1024,
+            echo_max_message: 16 * 1024 * 1024,
+            max_feed_message: 1024 * 1024,
+            ping_interval: Duration::from_secs(30),
+            ping_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(5),
+            echo: false,
+            recv_buffers: 1024,
+            recv_buffer_size: 4096,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// Every key, as written in the TOML file and (with `--`) on the command line.
+pub const KEYS: &[&str] = &[
+    "listen",
+    "udp",
+    "unix",
+    "shards",
+    "high-water",
+    "max-message",
+    "echo-max-message",
+    "max-feed-message",
+    "ping-interval",
+    "ping-timeout",
+    "handshake-timeout",
+    "echo",
+    "recv-buffers",
+    "recv-buffer-size",
+    "log-format",
+];
+
+/// A configuration error, worded for the person who has to fix it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl ServeConfig {
+    /// Defaults, overlaid by the file (if any), overlaid by `flags`
+    /// (`(key, value)` pairs of the flags the user actually gave).
+    pub fn load(file: Option<&Path>, flags: &[(&str, String)]) -> Result<Self, ConfigError> {
+        let mut config = ServeConfig::default();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError(format!("cannot read config file {}: {e}", path.display()))
+            })?;
+            config.apply_toml(&text).map_err(|ConfigError(msg)| {
+                ConfigError(format!("config file {}: {msg}", path.display()))
+            })?;
+        }
+        for (key, value) in flags {
+            config
+                .set(key, value)
+                .map_err(|msg| ConfigError(format!("invalid --{key} '{value}': {msg}")))?;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn apply_toml(&mut self, text: &str) -> Result<(), ConfigError> {
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError(format!("not valid TOML: {e}")))?;
+        for (raw_key, value) in &table {
+            let key = raw_key.replace('_', "-");
+            let text = match value {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                other => {
+                    return Err(ConfigError(format!(
+                        "key '{raw_key}': expected a string, number or boolean, found {}",
+                        other.type_str()
+                    )));
+                }
+            };
+            self.set(&key, &text)
+                .map_err(|msg| ConfigError(format!("invalid {raw_key} = {value}: {msg}")))?;
+        }
+        Ok(())
+    }
+
+    /// Sets one key from its text form. The error says what is accepted.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
+        match key {
+            "listen" => self.listen = parse_addr(value)?,
+            "udp" => self.udp = parse_off(value).map(parse_addr).transpose()?,
+            "unix" => {
+                self.unix = parse_off(value)
+                    .map(|p| {
+                        if p.is_empty() {
+                            Err("expected a path or 'off'".to_owned())
+                        } else {
+                            Ok(PathBuf::from(p))
+                        }
+                    })
+                    .transpose()?
+            }
+            "shards" => self.shards = Some(parse_count(value, 1, 1024)?),
+            "high-water" => self.high_water = parse_size(value, 1024, 1 << 40)?,
+            "max-message" => self.max_message = parse_size(value, 125, 1 << 30)? as usize,
+            "echo-max-message" => self.echo_max_message = parse_size(value, 125, 1 << 30)? as usize,
+            "max-feed-message" => self.max_feed_message = parse_size(value, 64, 64 << 20)? as usize,
+            "ping-interval" => self.ping_interval = parse_duration(value)?,
+            "ping-timeout" => self.ping_timeout = parse_duration(value)?,
+            "handshake-timeout" => self.handshake_timeout = parse_duration(value)?,
+            "echo" => self.echo = parse_bool(value)?,
+            "recv-buffers" => {
+                let n = parse_count(value, 16, 32768)?;
+                if !n.is_power_of_two() {
+                    return Err("must be a power of two between 16 and 32768".into());
+                }
+                self.recv_buffers = n as u16;
+            }
+            "recv-buffer-size" => self.recv_buffer_size = parse_size(value, 512, 1 << 20)? as u32,
+            "log-format" => {
+                self.log_format = match value {
+                    "text" => LogFormat::Text,
+                    "json" => LogFormat::Json,
+                    _ => return Err("expected 'text' or 'json'".into()),
+                }
+            }
+            _ => {
+                return Err(format!(
+                    "unknown setting '{key}' (known: {})",
+                    KEYS.join(", ")
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.ping_interval < Duration::from_millis(100) {
+            return Err(ConfigError("ping-interval must be at least 100ms".into()));
+        }
+        if self.ping_timeout < Duration::from_millis(100) {
+            return Err(ConfigError("ping-timeout must be at least 100ms".into()));
+        }
+        if self.handshake_timeout < Duration::from_millis(100) {
+            return Err(ConfigError(
+                "handshake-timeout must be at least 100ms".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn parse_off(value: &str) -> Option<&str> {
+    if value.eq_ignore_ascii_case("off") {
+        None
+    } else {
+        Some(value)
+    }
+}
+
+fn parse_addr(value: &str) -> Result<SocketAddr, String> {
+    value
+        .parse()
+        .map_err(|_| "expected IP:PORT, e.g. 127.0.0.1:8080 or [::1]:8080".to_owned())
+}
+
+fn parse_count(value: &str, min: usize, max: usize) -> Result<usize, String> {
+    match value.trim().parse::<usize>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(format!("expected a whole number from {min} to {max}")),
+    }
+}
+
+fn parse_size(value: &str, min: u64, max: u64) -> Result<u64, String> {
+    let size: bytesize::ByteSize = value
+        .trim()
+        .parse()
+        .map_err(|_| "expected a size such as 65536, 64KiB or 4MiB".to_owned())?;
+    let n = size.as_u64();
+    if (min..=max).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!(
+            "must be between {} and {}",
+            bytesize::ByteSize(min).display().iec(),
+            bytesize::ByteSize(max).display().iec()
+        ))
+    }
+}
+
+fn parse_duration(value: &str) -> Result<Duration, String> {
+    humantime::parse_duration(value.trim())
+        .map_err(|_| "expected a duration such as 30s, 500ms or 2m".to_owned())
+}
+
+fn parse_bool(value: &str) -> Result<bool, String> {
+    match value {
+        "true" | "on" | "yes" | "1" => Ok(true),
+        "false" | "off" | "no" | "0" => Ok(false),
+        _ => Err("expected true or false".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_interface() {
+        let c = ServeConfig::load(None, &[]).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.udp.unwrap().to_string(), "127.0.0.1:9000");
+        assert_eq!(c.unix.unwrap(), PathBuf::from("./ringcast.sock"));
+        assert_eq!(c.high_water, 4 << 20);
+        assert_eq!(c.ping_interval, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn flags_win_over_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:1\"\nhigh_water = \"1MiB\"\nudp = \"off\"\nshards = 3\n",
+        )
+        .unwrap();
+        let c = ServeConfig::load(Some(&path), &[("listen", "127.0.0.1:2".into())]).unwrap();
+        assert_eq!(c.listen.port(), 2);
+        assert_eq!(c.high_water, 1 << 20);
+        assert_eq!(c.udp, None);
+        assert_eq!(c.shards, Some(3));
+    }
+
+    #[test]
+    fn errors_name_the_bad_value() {
+        let e = ServeConfig::load(None, &[("high-water", "lots".into())]).unwrap_err();
+        assert!(e.0.contains("--high-water 'lots'"), "{e}");
+        let e = ServeConfig::load(None, &[("shards", "0".into())]).unwrap_err();
+        assert!(e.0.contains("--shards '0'"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.toml");
+        std::fs::write(&path, "bogus = 1\n").unwrap();
+        let e = ServeConfig::load(Some(&path), &[]).unwrap_err();
+        assert!(e.0.contains("unknown setting 'bogus'"), "{e}");
+    }
+}

@@ -1,0 +1,13 @@
+//! ringcast: a WebSocket broadcast server on io_uring.
+//!
+//! `protocol` is pure (handshake, frames); `shard` runs the io_uring event
+//! loops that own the connections; `server` starts them and runs the control
+//! plane; `metrics` counts; `config` and `cli` read what the operator asked for.
+
+pub mod cli;
+pub mod config;
+pub mod metrics;
+pub mod protocol;
+pub mod server;
+pub mod shard;
+pub mod sys;

@@ -1,0 +1,310 @@
+//! Counters and the Prometheus text rendering of `/metrics`.
+//!
+//! A shard counts into plain `u64`s it alone owns and copies them into shared
+//! atomics with relaxed stores once per event-loop iteration, so counting a
+//! delivery is an ordinary add, never an atomic read-modify-write.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Monotonic per-shard counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Counter {
+    ConnectionsAccepted,
+    HandshakesRejected,
+    HttpRequests,
+    FramesDelivered,
+    BytesSent,
+    SendCalls,
+    MessagesFannedOut,
+    FramesReceived,
+}
+
+impl Counter {
+    pub const ALL: [Counter; 8] = [
+        Counter::ConnectionsAccepted,
+        Counter::HandshakesRejected,
+        Counter::HttpRequests,
+        Counter::FramesDelivered,
+        Counter::BytesSent,
+        Counter::SendCalls,
+        Counter::MessagesFannedOut,
+        Counter::FramesReceived,
+    ];
+    pub const COUNT: usize = Self::ALL.len();
+
+    fn name_help(self) -> (&'static str, &'static str) {
+        match self {
+            Counter::ConnectionsAccepted => (
+                "ringcast_connections_accepted_total",
+                "TCP connections accepted.",
+            ),
+            Counter::HandshakesRejected => (
+                "ringcast_handshakes_rejected_total",
+                "Requests to a WebSocket endpoint refused with an HTTP error.",
+            ),
+            Counter::HttpRequests => (
+                "ringcast_http_requests_total",
+                "Plain HTTP requests answered (healthz, metrics, not found...).",
+            ),
+            Counter::FramesDelivered => (
+                "ringcast_frames_delivered_total",
+                "Channel messages queued to subscribed WebSocket clients.",
+            ),
+            Counter::BytesSent => (
+                "ringcast_bytes_sent_total",
+                "Bytes written to client sockets.",
+            ),
+            Counter::SendCalls => (
+                "ringcast_send_calls_total",
+                "Send operations submitted (each may carry many frames).",
+            ),
+            Counter::MessagesFannedOut => (
+                "ringcast_shard_messages_total",
+                "Feed messages this shard fanned out to its subscribers.",
+            ),
+            Counter::FramesReceived => (
+                "ringcast_frames_received_total",
+                "WebSocket messages and control frames received from clients.",
+            ),
+        }
+    }
+}
+
+/// Point-in-time per-shard values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Gauge {
+    ConnectionsOpen,
+    QueuedBytes,
+    QueuedBytesPeak,
+    Subscriptions,
+}
+
+impl Gauge {
+    pub const ALL: [Gauge; 4] = [
+        Gauge::ConnectionsOpen,
+        Gauge::QueuedBytes,
+        Gauge::QueuedBytesPeak,
+        Gauge::Subscriptions,
+    ];
+    pub const COUNT: usize = Self::ALL.len();
+
+    fn name_help(self) -> (&'static str, &'static str) {
+        match self {
+            Gauge::ConnectionsOpen => ("ringcast_connections_open", "Connections open now."),
+            Gauge::QueuedBytes => (
+                "ringcast_queued_bytes",
+                "Bytes queued for clients and not yet sent.",
+            ),
+            Gauge::QueuedBytesPeak => (
+                "ringcast_queued_bytes_peak",
+                "Largest queue any single connection of this shard reached (bytes).",
+            ),
+            Gauge::Subscriptions => (
+                "ringcast_subscriptions",
+                "Channel subscriptions held by this shard's connections.",
+            ),
+        }
+    }
+}
+
+/// Why a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum CloseReason {
+    /// The client sent a close frame.
+    ClientClose,
+    /// A plain HTTP request was answered (or a handshake refused).
+    HttpDone,
+    /// The client broke the protocol (1002).
+    ProtocolError,
+    /// Text that was not UTF-8 (1007).
+    InvalidUtf8,
+    /// A message over the limit (1009).
+    MessageTooBig,
+    /// Over the high-water mark (4008).
+    SlowClient,
+    /// Silent past the ping timeout.
+    PingTimeout,
+    /// Handshake not completed in time.
+    HandshakeTimeout,
+    /// The peer vanished without a close frame (EOF or reset).
+    PeerGone,
+    /// Server shutting down (1001).
+    Shutdown,
+    /// A socket error.
+    Error,
+}
+
+impl CloseReason {
+    pub const ALL: [CloseReason; 11] = [
+        CloseReason::ClientClose,
+        CloseReason::HttpDone,
+        CloseReason::ProtocolError,
+        CloseReason::InvalidUtf8,
+        CloseReason::MessageTooBig,
+        CloseReason::SlowClient,
+        CloseReason::PingTimeout,
+        CloseReason::HandshakeTimeout,
+        CloseReason::PeerGone,
+        CloseReason::Shutdown,
+        CloseReason::Error,
+    ];
+    pub const COUNT: usize = Self::ALL.len();
+
+    pub fn label(self) -> &'static str {
+        match self {
+            CloseReason::ClientClose => "client_close",
+            CloseReason::HttpDone => "http_done",
+            CloseReason::ProtocolError => "protocol_error",
+            CloseReason::InvalidUtf8 => "invalid_utf8",
+            CloseReason::MessageTooBig => "message_too_big",
+            CloseReason::SlowClient => "slow_client",
+            CloseReason::PingTimeout => "ping_timeout",
+            CloseReason::HandshakeTimeout => "handshake_timeout",
+            CloseReason::PeerGone => "peer_gone",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::Error => "error",
+        }
+    }
+}
+
+/// A shard's own counters; plain integers, owned by the shard thread.
+#[derive(Debug, Clone, Default)]
+pub struct LocalStats {
+    pub counters: [u64; Counter::COUNT],
+    pub gauges: [u64; Gauge::COUNT],
+    pub closed: [u64; CloseReason::COUNT],
+}
+
+impl LocalStats {
+    #[inline]
+    pub fn add(&mut self, c: Counter, n: u64) {
+        self.counters[c as usize] += n;
+    }
+
+    #[inline]
+    pub fn set(&mut self, g: Gauge, v: u64) {
+        self.gauges[g as usize] = v;
+    }
+
+    #[inline]
+    pub fn gauge(&self, g: Gauge) -> u64 {
+        self.gauges[g as usize]
+    }
+
+    pub fn closed(&mut self, r: CloseReason) {
+        self.closed[r as usize] += 1;
+    }
+}
+
+/// The copy of a shard's stats that other threads read.
+#[derive(Debug, Default)]
+pub struct SharedStats {
+    counters: [AtomicU64; Counter::COUNT],
+    gauges: [AtomicU64; Gauge::COUNT],
+    closed: [AtomicU64; CloseReason::COUNT],
+}
+
+impl SharedStats {
+    /// Copies `local` in; plain relaxed stores, one writer.
+    pub fn publish(&self, local: &LocalStats) {
+        for (a, v) in self.counters.iter().zip(local.counters) {
+            a.store(v, Relaxed);
+        }
+        for (a, v) in self.gauges.iter().zip(local.gauges) {
+            a.store(v, Relaxed);
+        }
+        for (a, v) in self.closed.iter().zip(local.closed) {
+            a.store(v, Relaxed);
+        }
+    }
+
+    pub fn snapshot(&self) -> LocalStats {
+        let mut s = LocalStats::default();
+        for (v, a) in s.counters.iter_mut().zip(&self.counters) {
+            *v = a.load(Relaxed);
+        }
+        for (v, a) in s.gauges.iter_mut().zip(&self.gauges) {
+            *v = a.load(Relaxed);
+        }
+        for (v, a) in s.closed.iter_mut().zip(&self.closed) {
+            *v = a.load(Relaxed);
+        }
+        s
+    }
+}
+
+/// Writes a metric's HELP/TYPE header.
+pub fn write_header(out: &mut String, name: &str, help: &str, kind: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Renders the per-shard part of `/metrics`.
+pub fn render_shards(out: &mut String, shards: &[LocalStats]) {
+    for g in Gauge::ALL {
+        let (name, help) = g.name_help();
+        write_header(out, name, help, "gauge");
+        for (i, s) in shards.iter().enumerate() {
+            let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", s.gauges[g as usize]);
+        }
+    }
+    for c in Counter::ALL {
+        let (name, help) = c.name_help();
+        write_header(out, name, help, "counter");
+        for (i, s) in shards.iter().enumerate() {
+            let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", s.counters[c as usize]);
+        }
+    }
+    let name = "ringcast_connections_closed_total";
+    write_header(out, name, "Connections closed, by reason.", "counter");
+    for (i, s) in shards.iter().enumerate() {
+        for r in CloseReason::ALL {
+            let _ = writeln!(
+                out,
+                "{name}{{shard=\"{i}\",reason=\"{}\"}} {}",
+                r.label(),
+                s.closed[r as usize]
+            );
+        }
+    }
+    let name = "ringcast_slow_client_disconnects_total";
+    write_header(
+        out,
+        name,
+        "Clients cut for falling behind the high-water mark.",
+        "counter",
+    );
+    for (i, s) in shards.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "{name}{{shard=\"{i}\"}} {}",
+            s.closed[CloseReason::SlowClient as usize]
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_and_render() {
+        let shared = SharedStats::default();
+        let mut local = LocalStats::default();
+        local.add(Counter::ConnectionsAccepted, 3);
+        local.set(Gauge::ConnectionsOpen, 2);
+        local.closed(CloseReason::PingTimeout);
+        shared.publish(&local);
+        let mut out = String::new();
+        render_shards(&mut out, &[shared.snapshot(), LocalStats::default()]);
+        assert!(out.contains("ringcast_connections_accepted_total{shard=\"0\"} 3\n"));
+        assert!(out.contains("ringcast_connections_open{shard=\"0\"} 2\n"));
+        assert!(out.contains("ringcast_connections_open{shard=\"1\"} 0\n"));
+        assert!(out.contains(
+            "ringcast_connections_closed_total{shard=\"0\",reason=\"ping_timeout\"} 1\n"
+        ));
+    }
+}

@@ -1,0 +1,221 @@
+//! Per-connection state, kept compact: an idle WebSocket connection holds no
+//! buffer (the reader's buffers are empty until a message arrives, the out
+//! queue's storage is released when it drains), only this struct and its
+//! subscriptions.
+
+use std::os::fd::RawFd;
+
+use crate::metrics::CloseReason;
+use crate::protocol::reader::FrameReader;
+
+use super::outqueue::OutQueue;
+
+/// What the connection turned out to be, once its request was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// Request not read yet.
+    Unknown,
+    /// Plain HTTP: answered, then closed.
+    Http,
+    /// `/ws`: a subscriber.
+    Subscriber,
+    /// `/echo`: echoes every message (conformance testing).
+    Echo,
+}
+
+/// Where the connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Reading the HTTP request head.
+    Handshake,
+    /// WebSocket open.
+    Open,
+    /// A final response or close frame is queued; once it is written the
+    /// write side is shut down.
+    Closing,
+    /// Write side shut down; reading and discarding until the peer closes
+    /// (so our last bytes are not destroyed by a reset), or the grace ends.
+    Lingering,
+    /// Waiting for the kernel to give back operations before closing the fd.
+    Releasing,
+}
+
+/// How incoming bytes are interpreted.
+#[derive(Debug)]
+pub enum Input {
+    /// Accumulating the request head (allocated on first bytes).
+    Head(Vec<u8>),
+    /// WebSocket frames.
+    Frames(Box<FrameReader>),
+    /// Ignored (closing).
+    Discard,
+}
+
+#[derive(Debug)]
+pub struct Conn {
+    pub fd: RawFd,
+    pub generation: u32,
+    pub phase: Phase,
+    pub endpoint: Endpoint,
+    pub recv_armed: bool,
+    /// Queued for a send at the end of this loop iteration.
+    pub flush_pending: bool,
+    /// The multishot receive ended for lack of buffers and must be re-armed.
+    pub recv_starved: bool,
+    /// A server ping is unanswered (nothing heard since it was sent).
+    pub ping_outstanding: bool,
+    /// Something arrived from the peer since the last ping.
+    pub heard: bool,
+    /// Close abortively (RST) when released.
+    pub abort: bool,
+    pub close_reason: Option<CloseReason>,
+    /// Current timer deadline (ms, shard clock); 0 = none.
+    pub deadline: u64,
+    pub input: Input,
+    pub out: OutQueue,
+}
+
+impl Conn {
+    pub fn new(fd: RawFd, generation: u32) -> Conn {
+        Conn {
+            fd,
+            generation,
+            phase: Phase::Handshake,
+            endpoint: Endpoint::Unknown,
+            recv_armed: false,
+            flush_pending: false,
+            recv_starved: false,
+            ping_outstanding: false,
+            heard: false,
+            abort: false,
+            close_reason: None,
+            deadline: 0,
+            input: Input::Head(Vec::new()),
+            out: OutQueue::default(),
+        }
+    }
+
+    pub fn is_closing(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Closing | Phase::Lingering | Phase::Releasing
+        )
+    }
+}
+
+/// A slab with a generation per slot, so a completion for a connection that
+/// has since been replaced in the same slot is recognised and ignored.
+pub struct Slab<T> {
+    entries: Vec<SlabEntry<T>>,
+    free: Vec<u32>,
+    len: usize,
+}
+
+struct SlabEntry<T> {
+    generation: u32,
+    value: Option<T>,
+}
+
+impl<T> Slab<T> {
+    pub fn new() -> Self {
+        Slab {
+            entries: Vec::new(),
+            free: Vec::new(),
+            len: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The slot and generation the next insert will use.
+    pub fn next_key(&self) -> (u32, u32) {
+        match self.free.last() {
+            Some(&slot) => (slot, self.entries[slot as usize].generation),
+            None => (self.entries.len() as u32, 0),
+        }
+    }
+
+    pub fn insert(&mut self, value: T) -> u32 {
+        self.len += 1;
+        match self.free.pop() {
+            Some(slot) => {
+                self.entries[slot as usize].value = Some(value);
+                slot
+            }
+            None => {
+                self.entries.push(SlabEntry {
+                    generation: 0,
+                    value: Some(value),
+                });
+                (self.entries.len() - 1) as u32
+            }
+        }
+    }
+
+    pub fn get_mut(&mut self, slot: u32) -> Option<&mut T> {
+        self.entries.get_mut(slot as usize)?.value.as_mut()
+    }
+
+    pub fn get(&self, slot: u32) -> Option<&T> {
+        self.entries.get(slot as usize)?.value.as_ref()
+    }
+
+    pub fn remove(&mut self, slot: u32) -> Option<T> {
+        let entry = self.entries.get_mut(slot as usize)?;
+        let value = entry.value.take()?;
+        entry.generation = entry.generation.wrapping_add(1);
+        self.free.push(slot);
+        self.len -= 1;
+        Some(value)
+    }
+
+    /// Slots currently occupied.
+    pub fn occupied(&self) -> impl Iterator<Item = u32> + '_ {
+        self.entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.value.is_some())
+            .map(|(i, _)| i as u32)
+    }
+}
+
+impl<T> Default for Slab<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generations_change_on_reuse() {
+        let mut s = Slab::new();
+        let (slot, g0) = s.next_key();
+        assert_eq!(s.insert("a"), slot);
+        s.remove(slot);
+        let (slot2, g1) = s.next_key();
+        assert_eq!(slot2, slot);
+        assert_ne!(g0, g1);
+        s.insert("b");
+        assert_eq!(s.len(), 1);
+        assert_eq!(s.occupied().collect::<Vec<_>>(), vec![slot]);
+    }
+
+    #[test]
+    fn conn_is_compact() {
+        // Guard against accidental growth of the per-connection footprint.
+        assert!(
+            std::mem::size_of::<Conn>() <= 128,
+            "{}",
+            std::mem::size_of::<Conn>()
+        );
+    }
+}

@@ -1,0 +1,1038 @@
+//! A shard: one thread pinned to one CPU, with its own io_uring, its own
+//! `SO_REUSEPORT` listener and its own connections. A connection lives and
+//! dies on the shard that accepted it, so nothing on the per-connection path
+//! is shared with another thread.
+//!
+//! The loop: submit queued operations and wait for completions (or the next
+//! timer tick); handle accepts, received bytes and finished sends; drain the
+//! inbox of messages from the feed; fire due timers; start the sends that
+//! became possible. Sends are started at the end of an iteration so that
+//! everything queued for a connection during the iteration leaves together.
+
+mod bufring;
+mod conn;
+mod driver;
+mod outqueue;
+mod timer;
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::metrics::{CloseReason, Counter, Gauge, LocalStats};
+use crate::protocol::frame::{OpCode, encode_close_frame, encode_server_frame};
+use crate::protocol::handshake::{
+    RequestHead, http_response, parse_request_head, switching_protocols, validate_upgrade,
+};
+use crate::protocol::reader::{Event, Flow, FrameReader, Violation};
+use crate::server::Shared;
+
+use conn::{Conn, Endpoint, Input, Phase, Slab};
+use driver::{Completion, Driver, MAX_IOVECS_PER_SEND, Op};
+use outqueue::FrameRef;
+use timer::{TimerEntry, TimerWheel};
+
+pub use driver::Driver as IoDriver;
+
+/// Settings a shard needs, resolved from the serve configuration.
+#[derive(Debug, Clone)]
+pub struct ShardConfig {
+    pub high_water: u64,
+    pub max_message: usize,
+    pub echo_max_message: usize,
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub echo: bool,
+    pub recv_buffers: u16,
+    pub recv_buffer_size: u32,
+}
+
+/// Messages to a shard from other threads.
+#[derive(Debug)]
+pub enum ShardMsg {
+    /// Close every connection and stop.
+    Shutdown,
+}
+
+/// Wakes a shard blocked in `io_uring_enter`: an eventfd the shard keeps a
+/// read posted on. `notified` collapses many wake-ups into one write until
+/// the shard has looked at its inbox.
+pub struct Waker {
+    fd: OwnedFd,
+    notified: AtomicBool,
+}
+
+impl Waker {
+    fn new() -> std::io::Result<Waker> {
+        // SAFETY: eventfd has no memory-safety preconditions; the result is checked.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Waker {
+            fd,
+            notified: AtomicBool::new(false),
+        })
+    }
+
+    pub fn wake(&self) {
+        if !self.notified.swap(true, Ordering::SeqCst) {
+            let one: u64 = 1;
+            // SAFETY: writes 8 bytes from a live u64 to our eventfd.
+            unsafe {
+                libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8);
+            }
+        }
+    }
+}
+
+/// What the rest of the server holds for each shard.
+pub struct ShardHandle {
+    pub index: usize,
+    pub cpu: usize,
+    pub inbox: mpsc::UnboundedSender<ShardMsg>,
+    pub waker: Arc<Waker>,
+    pub thread: std::thread::JoinHandle<()>,
+}
+
+impl ShardHandle {
+    pub fn send(&self, msg: ShardMsg) {
+        if self.inbox.send(msg).is_ok() {
+            self.waker.wake();
+        }
+    }
+}
+
+/// Starts shard `index` on `cpu`, serving `listener`. Returns once its ring
+/// is set up and accepting, or with the reason it could not be.
+pub fn spawn(
+    index: usize,
+    cpu: usize,
+    listener: OwnedFd,
+    config: Arc<ShardConfig>,
+    shared: Arc<Shared>,
+) -> std::io::Result<ShardHandle> {
+    let waker = Arc::new(Waker::new()?);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let thread_waker = waker.clone();
+    let thread = std::thread::Builder::new()
+        .name(format!("shard-{index}"))
+        .spawn(move || {
+            if let Err(e) = crate::sys::pin_current_thread(cpu) {
+                tracing::warn!(shard = index, cpu, "cannot pin shard to its CPU: {e}");
+            }
+            let shard = match Shard::new(index, listener, config, shared, rx, thread_waker) {
+                Ok(s) => {
+                    let _ = ready_tx.send(Ok(()));
+                    s
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            shard.run();
+        })?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(ShardHandle {
+            index,
+            cpu,
+            inbox: tx,
+            waker,
+            thread,
+        }),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(std::io::Error::other("shard thread died during start-up")),
+    }
+}
+
+/// Submission queue size: enough to start a send on thousands of
+/// connections per `io_uring_enter`.
+const SQ_ENTRIES: u32 = 4096;
+const TICK_MS: u64 = 20;
+const WHEEL_SLOTS: usize = 4096;
+/// Time for a close frame / final response to be written and the peer to
+/// close its side, before the connection is reset.
+const CLOSE_GRACE_MS: u64 = 2000;
+/// Time for cancelled operations to come back before forcing them.
+const RELEASE_GRACE_MS: u64 = 5000;
+/// Wait before re-arming accept after it failed (e.g. out of descriptors).
+const ACCEPT_RETRY_MS: u64 = 100;
+
+struct Shard {
+    index: usize,
+    config: Arc<ShardConfig>,
+    shared: Arc<Shared>,
+    // The driver owns the ring; connections' fds are closed before it drops.
+    driver: Driver,
+    listener: OwnedFd,
+    conns: Slab<Conn>,
+    timers: TimerWheel,
+    due: Vec<TimerEntry>,
+    flush_list: Vec<u32>,
+    starved: Vec<u32>,
+    iov: Vec<(*const u8, usize)>,
+    inbox: mpsc::UnboundedReceiver<ShardMsg>,
+    waker: Arc<Waker>,
+    wake_buf: Box<u64>,
+    woken: bool,
+    epoch: Instant,
+    now_ms: u64,
+    stats: LocalStats,
+    ping_frame: FrameRef,
+    accept_armed: bool,
+    accept_retry_at: u64,
+    stopping: bool,
+    last_accept_error_log: u64,
+}
+
+impl Shard {
+    fn new(
+        index: usize,
+        listener: OwnedFd,
+        config: Arc<ShardConfig>,
+        shared: Arc<Shared>,
+        inbox: mpsc::UnboundedReceiver<ShardMsg>,
+        waker: Arc<Waker>,
+    ) -> std::io::Result<Shard> {
+        let driver = Driver::new(SQ_ENTRIES, config.recv_buffers, config.recv_buffer_size)?;
+        let epoch = Instant::now();
+        let mut shard = Shard {
+            index,
+            config,
+            shared,
+            driver,
+            listener,
+            conns: Slab::new(),
+            timers: TimerWheel::new(TICK_MS, WHEEL_SLOTS, 0),
+            due: Vec::new(),
+            flush_list: Vec::new(),
+            starved: Vec::new(),
+            iov: Vec::with_capacity(MAX_IOVECS_PER_SEND),
+            inbox,
+            waker,
+            wake_buf: Box::new(0),
+            woken: false,
+            epoch,
+            now_ms: 0,
+            stats: LocalStats::default(),
+            ping_frame: Rc::new(encode_server_frame(OpCode::Ping, b"")),
+            accept_armed: false,
+            accept_retry_at: 0,
+            stopping: false,
+            last_accept_error_log: 0,
+        };
+        shard.arm_accept()?;
+        shard.arm_wake()?;
+        // Submit now so start-up errors surface before we report ready.
+        shard.driver.submit_and_wait(Some(Duration::ZERO))?;
+        Ok(shard)
+    }
+
+    fn run(mut self) {
+        loop {
+            let timeout = Duration::from_millis(TICK_MS);
+            if let Err(e) = self.driver.submit_and_wait(Some(timeout)) {
+                tracing::error!(
+                    shard = self.index,
+                    "io_uring_enter failed: {e}; shard stops"
+                );
+                break;
+            }
+            self.now_ms = self.epoch.elapsed().as_millis() as u64;
+            let completions = self.driver.take_reaped();
+            for c in &completions {
+                self.on_completion(*c);
+            }
+            self.driver.restore(completions);
+            if self.woken {
+                self.woken = false;
+                self.drain_inbox();
+            }
+            self.fire_timers();
+            self.rearm_starved();
+            if !self.accept_armed && !self.stopping && self.now_ms >= self.accept_retry_at {
+                let _ = self.arm_accept();
+            }
+            self.flush_all();
+            self.publish_stats();
+            if self.stopping && self.conns.is_empty() {
+                break;
+            }
+        }
+        self.publish_stats();
+    }
+
+    fn arm_accept(&mut self) -> std::io::Result<()> {
+        self.driver.accept(self.listener.as_raw_fd())?;
+        self.accept_armed = true;
+        Ok(())
+    }
+
+    fn arm_wake(&mut self) -> std::io::Result<()> {
+        let buf: *mut u64 = &mut *self.wake_buf;
+        // SAFETY: `wake_buf` is boxed (stable address) and owned by the shard,
+        // which outlives the ring's use of it (the ring drops with the shard).
+        unsafe { self.driver.wait_for_wake(self.waker.fd.as_raw_fd(), buf) }
+    }
+
+    fn on_completion(&mut self, c: Completion) {
+        match c.op {
+            Op::Accept => self.on_accept(c),
+            Op::Recv => self.on_recv(c),
+            Op::Send => self.on_send(c),
+            Op::Wake => {
+                self.woken = true;
+                // Clear before draining, so a message sent after the drain
+                // starts wakes us again (see Waker).
+                self.waker.notified.store(false, Ordering::SeqCst);
+                if let Err(e) = self.arm_wake() {
+                    tracing::error!(shard = self.index, "cannot re-arm wake-up: {e}");
+                }
+            }
+            Op::Cancel => {}
+        }
+    }
+
+    // ----- accepting -----
+
+    fn on_accept(&mut self, c: Completion) {
+        if !c.more() {
+            self.accept_armed = false;
+        }
+        if c.result >= 0 {
+            self.open_conn(c.result);
+            return;
+        }
+        let err = std::io::Error::from_raw_os_error(-c.result);
+        if c.result == -libc::ECANCELED || self.stopping {
+            return;
+        }
+        if self.now_ms >= self.last_accept_error_log + 1000 || self.last_accept_error_log == 0 {
+            self.last_accept_error_log = self.now_ms.max(1);
+            let hint = if matches!(-c.result, libc::EMFILE | libc::ENFILE) {
+                " (out of file descriptors: raise LimitNOFILE / fs.nr_open, see `ringcast doctor`)"
+            } else {
+                ""
+            };
+            tracing::warn!(shard = self.index, "accept failed: {err}{hint}");
+        }
+        if !self.accept_armed {
+            self.accept_retry_at = self.now_ms + ACCEPT_RETRY_MS;
+        }
+    }
+
+    fn open_conn(&mut self, fd: RawFd) {
+        set_nodelay(fd);
+        let (slot, generation) = self.conns.next_key();
+        self.conns.insert(Conn::new(fd, generation));
+        self.stats.add(Counter::ConnectionsAccepted, 1);
+        if self.driver.recv(fd, slot, generation).is_err() {
+            self.release(slot, true, CloseReason::Error);
+            return;
+        }
+        if let Some(conn) = self.conns.get_mut(slot) {
+            conn.recv_armed = true;
+        }
+        let deadline = self.now_ms + self.config.handshake_timeout.as_millis() as u64;
+        self.set_deadline(slot, deadline);
+    }
+
+    // ----- receiving -----
+
+    fn on_recv(&mut self, c: Completion) {
+        let bid = c.buffer();
+        let live = self
+            .conns
+            .get_mut(c.slot)
+            .filter(|conn| c.matches_generation(conn.generation));
+        let Some(conn) = live else {
+            if let Some(bid) = bid {
+                self.driver.recycle(bid);
+            }
+            return;
+        };
+        if !c.more() {
+            conn.recv_armed = false;
+        }
+        if c.result > 0 {
+            conn.heard = true;
+            if let Some(bid) = bid {
+                // SAFETY: the buffer was just filled by this completion and
+                // is recycled right after `on_data`, which does not keep the
+                // slice beyond its return.
+                let data = unsafe { self.driver.received(bid, c.result as usize) };
+                self.on_data(c.slot, data);
+                self.driver.recycle(bid);
+            }
+            self.after_recv_ended(c.slot);
+        } else if c.result == 0 {
+            self.on_peer_eof(c.slot);
+        } else if c.result == -libc::ENOBUFS {
+            // The shard's buffer pool ran dry; re-arm once buffers are back.
+            conn.recv_starved = true;
+            self.starved.push(c.slot);
+        } else if c.result == -libc::ECANCELED {
+            self.try_finish(c.slot);
+        } else {
+            let reason = if matches!(-c.result, libc::ECONNRESET | libc::EPIPE) {
+                CloseReason::PeerGone
+            } else {
+                CloseReason::Error
+            };
+            self.release(c.slot, true, reason);
+        }
+    }
+
+    /// A multishot receive can end after delivering data; keep reading.
+    fn after_recv_ended(&mut self, slot: u32) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        if conn.recv_armed {
+            return;
+        }
+        if conn.phase == Phase::Releasing {
+            self.try_finish(slot);
+        } else if !conn.recv_starved {
+            conn.recv_starved = true;
+            self.starved.push(slot);
+        }
+    }
+
+    fn rearm_starved(&mut self) {
+        let starved = std::mem::take(&mut self.starved);
+        for &slot in &starved {
+            let Some(conn) = self.conns.get_mut(slot) else {
+                continue;
+            };
+            conn.recv_starved = false;
+            if conn.recv_armed {
+                continue;
+            }
+            if conn.phase == Phase::Releasing {
+                self.try_finish(slot);
+                continue;
+            }
+            let (fd, generation) = (conn.fd, conn.generation);
+            if self.driver.recv(fd, slot, generation).is_ok() {
+                if let Some(conn) = self.conns.get_mut(slot) {
+                    conn.recv_armed = true;
+                }
+            } else {
+                self.release(slot, true, CloseReason::Error);
+            }
+        }
+        self.starved = starved;
+        self.starved.clear();
+    }
+
+    fn on_data(&mut self, slot: u32, data: &mut [u8]) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        match conn.phase {
+            Phase::Handshake => self.on_head_bytes(slot, data),
+            Phase::Open => self.on_frames(slot, data),
+            // Closing: the peer's remaining bytes (including its close
+            // reply) are read only to let the connection end cleanly.
+            Phase::Closing | Phase::Lingering | Phase::Releasing => {}
+        }
+    }
+
+    fn on_peer_eof(&mut self, slot: u32) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let reason = match conn.phase {
+            Phase::Handshake | Phase::Open => CloseReason::PeerGone,
+            _ => conn.close_reason.unwrap_or(CloseReason::PeerGone),
+        };
+        // Nothing more will be read; whatever is still queued cannot matter
+        // to a peer that closed, except a final reply we let finish.
+        if conn.phase == Phase::Closing && conn.out.send_in_flight() {
+            return;
+        }
+        self.release(slot, false, reason);
+    }
+
+    // ----- HTTP -----
+
+    fn on_head_bytes(&mut self, slot: u32, data: &[u8]) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let Input::Head(buf) = &mut conn.input else {
+            return;
+        };
+        buf.extend_from_slice(data);
+        match parse_request_head(buf) {
+            Ok(None) => {}
+            Err(e) => {
+                self.stats.add(Counter::HandshakesRejected, 1);
+                self.respond_and_close(slot, e.response());
+            }
+            Ok(Some((head, len))) => {
+                let buf = std::mem::take(buf);
+                self.on_request(slot, &head, &buf[len..]);
+            }
+        }
+    }
+
+    fn on_request(&mut self, slot: u32, head: &RequestHead, rest: &[u8]) {
+        match head.path.as_str() {
+            "/ws" => self.upgrade(slot, head, Endpoint::Subscriber, rest),
+            "/echo" if self.config.echo => self.upgrade(slot, head, Endpoint::Echo, rest),
+            path => {
+                self.stats.add(Counter::HttpRequests, 1);
+                let response = if head.method != "GET" && head.method != "HEAD" {
+                    http_response(
+                        405,
+                        "text/plain",
+                        b"only GET is supported\n",
+                        &[("Allow", "GET")],
+                    )
+                } else {
+                    match path {
+                        "/healthz" => {
+                            if self.shared.draining.load(Ordering::Relaxed) {
+                                http_response(503, "text/plain", b"draining\n", &[])
+                            } else {
+                                http_response(200, "text/plain", b"ok\n", &[])
+                            }
+                        }
+                        "/metrics" => {
+                            // This shard's own figures are published first so
+                            // the page is current for the shard answering.
+                            self.publish_stats();
+                            let body = self.shared.render_metrics();
+                            http_response(200, "text/plain; version=0.0.4", body.as_bytes(), &[])
+                        }
+                        "/" => http_response(200, "text/plain", INDEX_TEXT.as_bytes(), &[]),
+                        _ => http_response(404, "text/plain", b"not found\n", &[]),
+                    }
+                };
+                let response = if head.method == "HEAD" {
+                    head_only(response)
+                } else {
+                    response
+                };
+                self.respond_and_close(slot, response);
+            }
+        }
+    }
+
+    fn respond_and_close(&mut self, slot: u32, response: Vec<u8>) {
+        if let Some(conn) = self.conns.get_mut(slot) {
+            conn.endpoint = Endpoint::Http;
+        }
+        self.close_with(slot, Some(Bytes::from(response)), CloseReason::HttpDone);
+    }
+
+    fn upgrade(&mut self, slot: u32, head: &RequestHead, endpoint: Endpoint, rest: &[u8]) {
+        let accept = match validate_upgrade(head) {
+            Ok(accept) => accept,
+            Err(rejection) => {
+                self.stats.add(Counter::HandshakesRejected, 1);
+                self.respond_and_close(slot, rejection.response());
+                return;
+            }
+        };
+        let limit = match endpoint {
+            Endpoint::Echo => self.config.echo_max_message,
+            _ => self.config.max_message,
+        };
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        conn.endpoint = endpoint;
+        conn.phase = Phase::Open;
+        conn.input = Input::Frames(Box::new(FrameReader::new(limit)));
+        let response = Bytes::from(switching_protocols(&accept, None));
+        self.enqueue(slot, Rc::new(response));
+        let deadline = self.now_ms + self.config.ping_interval.as_millis() as u64;
+        self.set_deadline(slot, deadline);
+        if !rest.is_empty() {
+            // Frames pipelined behind the request head.
+            self.on_frames(slot, rest);
+        }
+    }
+
+    // ----- WebSocket frames -----
+
+    fn on_frames(&mut self, slot: u32, data: &[u8]) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let Input::Frames(reader) = &mut conn.input else {
+            return;
+        };
+        let echo = conn.endpoint == Endpoint::Echo;
+        let out = &mut conn.out;
+        let mut queued = 0u64;
+        let mut received = 0u64;
+        let mut client_close: Option<Option<u16>> = None;
+        let result = reader.feed(data, &mut |event| {
+            received += 1;
+            match event {
+                Event::Message { binary, payload } => {
+                    if echo {
+                        let op = if binary { OpCode::Binary } else { OpCode::Text };
+                        queued += push_message(out, op, payload);
+                    }
+                    Flow::Continue
+                }
+                Event::Ping(payload) => {
+                    queued += out.push(Rc::new(encode_server_frame(OpCode::Pong, payload)));
+                    Flow::Continue
+                }
+                Event::Pong(_) => Flow::Continue,
+                Event::Close { code, .. } => {
+                    client_close = Some(code);
+                    Flow::Stop
+                }
+            }
+        });
+        self.stats.add(Counter::FramesReceived, received);
+        self.note_queued(slot, queued);
+        match (result, client_close) {
+            (Err(violation), _) => self.fail(slot, violation),
+            (Ok(_), Some(code)) => {
+                // Echo the status code (RFC 6455 §5.5.1), or an empty close.
+                let reply = match code {
+                    Some(code) => encode_close_frame(code, ""),
+                    None => encode_server_frame(OpCode::Close, b""),
+                };
+                self.close_with(slot, Some(reply), CloseReason::ClientClose);
+            }
+            (Ok(_), None) => self.schedule_flush(slot),
+        }
+    }
+
+    fn fail(&mut self, slot: u32, violation: Violation) {
+        let reason = match violation {
+            Violation::Protocol(_) => CloseReason::ProtocolError,
+            Violation::InvalidUtf8 => CloseReason::InvalidUtf8,
+            Violation::TooBig => CloseReason::MessageTooBig,
+        };
+        let frame = encode_close_frame(violation.close_code(), violation.reason());
+        self.close_with(slot, Some(frame), reason);
+    }
+
+    // ----- sending -----
+
+    fn enqueue(&mut self, slot: u32, frame: FrameRef) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let n = conn.out.push(frame);
+        self.note_queued(slot, n);
+        self.schedule_flush(slot);
+    }
+
+    /// Accounts for `n` bytes just queued on `slot`, and cuts the client if
+    /// its queue is now over the high-water mark.
+    fn note_queued(&mut self, slot: u32, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let total = self.stats.gauge(Gauge::QueuedBytes) + n;
+        self.stats.set(Gauge::QueuedBytes, total);
+        let Some(conn) = self.conns.get(slot) else {
+            return;
+        };
+        let queued = conn.out.queued_bytes();
+        if queued > self.stats.gauge(Gauge::QueuedBytesPeak) {
+            self.stats.set(Gauge::QueuedBytesPeak, queued);
+        }
+        if queued > self.high_water_of(conn.endpoint) && !conn.is_closing() {
+            self.cut_slow_client(slot);
+        }
+    }
+
+    /// Queue limit of a connection. `/echo` may legitimately hold a couple of
+    /// its (large) messages, so its limit follows its message limit.
+    fn high_water_of(&self, endpoint: Endpoint) -> u64 {
+        match endpoint {
+            Endpoint::Echo => self
+                .config
+                .high_water
+                .max(2 * self.config.echo_max_message as u64 + 64),
+            _ => self.config.high_water,
+        }
+    }
+
+    /// The client fell too far behind: free its backlog at once, send 4008
+    /// if the socket still takes it, and reset it after the close grace.
+    fn cut_slow_client(&mut self, slot: u32) {
+        let Some(endpoint) = self.conns.get(slot).map(|c| c.endpoint) else {
+            return;
+        };
+        let limit = self.high_water_of(endpoint);
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let released = conn.out.drop_unsent();
+        self.note_unqueued(released);
+        let reason = format!(
+            "slow consumer: more than {limit} bytes queued; reconnect with since= to resume"
+        );
+        self.close_with(
+            slot,
+            Some(encode_close_frame(4008, &reason)),
+            CloseReason::SlowClient,
+        );
+    }
+
+    fn note_unqueued(&mut self, n: u64) {
+        let total = self.stats.gauge(Gauge::QueuedBytes).saturating_sub(n);
+        self.stats.set(Gauge::QueuedBytes, total);
+    }
+
+    fn schedule_flush(&mut self, slot: u32) {
+        if let Some(conn) = self.conns.get_mut(slot)
+            && !conn.flush_pending
+        {
+            conn.flush_pending = true;
+            self.flush_list.push(slot);
+        }
+    }
+
+    fn flush_all(&mut self) {
+        let list = std::mem::take(&mut self.flush_list);
+        for &slot in &list {
+            self.flush(slot);
+        }
+        self.flush_list = list;
+        self.flush_list.clear();
+    }
+
+    /// Starts a send of everything queued, unless one is in flight (its
+    /// completion will start the next). With nothing left to send, a closing
+    /// connection moves on to shutting down its write side.
+    fn flush(&mut self, slot: u32) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        conn.flush_pending = false;
+        if conn.phase == Phase::Releasing || conn.out.send_in_flight() {
+            return;
+        }
+        if !conn.out.is_empty() {
+            conn.out.start_send(MAX_IOVECS_PER_SEND, &mut self.iov);
+            let (fd, generation) = (conn.fd, conn.generation);
+            // SAFETY: the iovecs point into frames held by `conn.out` until
+            // this send completes (`sent`) or is abandoned after its
+            // completion arrives; the connection is not freed while a send
+            // is in flight (see `try_finish`).
+            let r = unsafe { self.driver.send(fd, slot, generation, &self.iov) };
+            if r.is_err() {
+                if let Some(conn) = self.conns.get_mut(slot) {
+                    conn.out.abandon_in_flight();
+                }
+                self.release(slot, true, CloseReason::Error);
+                return;
+            }
+            self.stats.add(Counter::SendCalls, 1);
+            return;
+        }
+        conn.out.shrink_if_idle();
+        if conn.phase == Phase::Closing {
+            self.linger(slot);
+        }
+    }
+
+    fn on_send(&mut self, c: Completion) {
+        let Some(conn) = self
+            .conns
+            .get_mut(c.slot)
+            .filter(|conn| c.matches_generation(conn.generation))
+        else {
+            return;
+        };
+        let releasing = conn.phase == Phase::Releasing;
+        if c.result >= 0 {
+            let n = c.result as usize;
+            conn.out.sent(n);
+            self.stats.add(Counter::BytesSent, n as u64);
+            self.note_unqueued(n as u64);
+        } else {
+            conn.out.abandon_in_flight();
+        }
+        if releasing {
+            self.try_finish(c.slot);
+        } else if c.result >= 0 {
+            // Whatever was queued during the send leaves now, in one go.
+            self.flush(c.slot);
+        } else {
+            self.release(c.slot, true, CloseReason::PeerGone);
+        }
+    }
+
+    // ----- closing -----
+
+    /// Queues `last` (a close frame or final HTTP response), stops reading
+    /// requests, and shuts the write side once everything is written.
+    fn close_with(&mut self, slot: u32, last: Option<Bytes>, reason: CloseReason) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        if conn.is_closing() {
+            return;
+        }
+        conn.close_reason = Some(reason);
+        conn.phase = Phase::Closing;
+        conn.input = Input::Discard;
+        if let Some(frame) = last {
+            let n = conn.out.push(Rc::new(frame));
+            self.note_queued(slot, n);
+        }
+        self.set_deadline(slot, self.now_ms + CLOSE_GRACE_MS);
+        self.schedule_flush(slot);
+    }
+
+    fn linger(&mut self, slot: u32) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        // SAFETY: shutdown on our own socket fd; no memory is involved.
+        unsafe { libc::shutdown(conn.fd, libc::SHUT_WR) };
+        conn.phase = Phase::Lingering;
+        if !conn.recv_armed && !conn.recv_starved {
+            // Nothing will tell us the peer closed: we are done.
+            self.release(slot, false, CloseReason::Error);
+            return;
+        }
+        self.set_deadline(slot, self.now_ms + CLOSE_GRACE_MS);
+    }
+
+    /// Ends the connection: cancels its operations and closes the socket once
+    /// they are back. `abort` resets it (RST) instead of a normal close.
+    fn release(&mut self, slot: u32, abort: bool, reason: CloseReason) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        if conn.phase == Phase::Releasing {
+            return;
+        }
+        if conn.close_reason.is_none()
+            || conn.phase == Phase::Handshake
+            || conn.phase == Phase::Open
+        {
+            conn.close_reason = Some(reason);
+        }
+        conn.phase = Phase::Releasing;
+        conn.input = Input::Discard;
+        conn.abort |= abort;
+        let fd = conn.fd;
+        if conn.recv_armed || conn.out.send_in_flight() {
+            if self.driver.cancel_all(fd).is_err() {
+                // SAFETY: shutdown on our own socket; it forces the pending
+                // operations to complete so the slot can be released.
+                unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+            }
+            self.set_deadline(slot, self.now_ms + RELEASE_GRACE_MS);
+        }
+        self.try_finish(slot);
+    }
+
+    /// Frees the connection once the kernel holds no operation on it.
+    fn try_finish(&mut self, slot: u32) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        if conn.phase != Phase::Releasing || conn.recv_armed || conn.out.send_in_flight() {
+            return;
+        }
+        let Some(mut conn) = self.conns.remove(slot) else {
+            return;
+        };
+        if conn.abort {
+            set_linger_zero(conn.fd);
+        }
+        // SAFETY: the fd is ours, and no io_uring operation references it
+        // any more (none armed, none in flight).
+        unsafe { libc::close(conn.fd) };
+        let released = conn.out.clear();
+        self.note_unqueued(released);
+        self.stats
+            .closed(conn.close_reason.unwrap_or(CloseReason::Error));
+    }
+
+    // ----- timers -----
+
+    fn set_deadline(&mut self, slot: u32, deadline: u64) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        conn.deadline = deadline;
+        self.timers.insert(TimerEntry {
+            slot,
+            generation: conn.generation,
+            deadline,
+        });
+    }
+
+    fn fire_timers(&mut self) {
+        let mut due = std::mem::take(&mut self.due);
+        self.timers.expire(self.now_ms, &mut due);
+        for entry in due.drain(..) {
+            let current = self
+                .conns
+                .get(entry.slot)
+                .is_some_and(|c| c.generation == entry.generation && c.deadline == entry.deadline);
+            if current {
+                self.on_timer(entry.slot);
+            }
+        }
+        self.due = due;
+    }
+
+    fn on_timer(&mut self, slot: u32) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        conn.deadline = 0;
+        match conn.phase {
+            Phase::Handshake => self.release(slot, true, CloseReason::HandshakeTimeout),
+            Phase::Open => self.heartbeat(slot),
+            Phase::Closing | Phase::Lingering => {
+                let reason = conn.close_reason.unwrap_or(CloseReason::Error);
+                self.release(slot, true, reason);
+            }
+            Phase::Releasing => {
+                // Cancelled operations did not come back: force them.
+                // SAFETY: shutdown on our own socket fd.
+                unsafe { libc::shutdown(conn.fd, libc::SHUT_RDWR) };
+            }
+        }
+    }
+
+    /// Ping every interval; close a client silent for the timeout after a ping.
+    fn heartbeat(&mut self, slot: u32) {
+        let interval = self.config.ping_interval.as_millis() as u64;
+        let timeout = self.config.ping_timeout.as_millis() as u64;
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        if conn.ping_outstanding {
+            if !conn.heard {
+                let frame = encode_close_frame(1001, "ping timeout");
+                self.close_with(slot, Some(frame), CloseReason::PingTimeout);
+                return;
+            }
+            // Answered: next ping one interval after the last one.
+            conn.ping_outstanding = false;
+            let next = self.now_ms + interval.saturating_sub(timeout);
+            self.set_deadline(slot, next);
+            return;
+        }
+        conn.ping_outstanding = true;
+        conn.heard = false;
+        let ping = self.ping_frame.clone();
+        self.enqueue(slot, ping);
+        self.set_deadline(slot, self.now_ms + timeout);
+    }
+
+    // ----- inbox and stats -----
+
+    fn drain_inbox(&mut self) {
+        while let Ok(msg) = self.inbox.try_recv() {
+            match msg {
+                ShardMsg::Shutdown => self.shutdown(),
+            }
+        }
+    }
+
+    fn shutdown(&mut self) {
+        self.stopping = true;
+        let slots: Vec<u32> = self.conns.occupied().collect();
+        for slot in slots {
+            self.release(slot, true, CloseReason::Shutdown);
+        }
+    }
+
+    fn publish_stats(&mut self) {
+        self.stats
+            .set(Gauge::ConnectionsOpen, self.conns.len() as u64);
+        self.shared.shard_stats[self.index].publish(&self.stats);
+    }
+}
+
+impl Drop for Shard {
+    fn drop(&mut self) {
+        for slot in self.conns.occupied().collect::<Vec<_>>() {
+            if let Some(conn) = self.conns.get(slot) {
+                // SAFETY: closing our own fds at shard exit; the ring (and
+                // with it every operation) is torn down right after.
+                unsafe { libc::close(conn.fd) };
+            }
+        }
+    }
+}
+
+const INDEX_TEXT: &str = concat!(
+    "ringcast ",
+    env!("CARGO_PKG_VERSION"),
+    "\nWebSocket: GET /ws?channels=a,b\nHealth: GET /healthz\nMetrics: GET /metrics\n"
+);
+
+/// Queues a whole message as one frame. Big payloads are not copied: the
+/// header and the payload buffer are queued as two pieces.
+fn push_message(out: &mut outqueue::OutQueue, op: OpCode, payload: &mut Vec<u8>) -> u64 {
+    if payload.len() <= 4096 {
+        return out.push(Rc::new(encode_server_frame(op, payload)));
+    }
+    let mut header = [0u8; crate::protocol::frame::MAX_SERVER_HEADER];
+    let n = crate::protocol::frame::write_server_header(&mut header, true, op, payload.len());
+    let head = out.push(Rc::new(Bytes::copy_from_slice(&header[..n])));
+    head + out.push(Rc::new(Bytes::from(std::mem::take(payload))))
+}
+
+/// Strips the body from a response (for HEAD requests).
+fn head_only(mut response: Vec<u8>) -> Vec<u8> {
+    if let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") {
+        response.truncate(end + 4);
+    }
+    response
+}
+
+fn set_nodelay(fd: RawFd) {
+    let one: libc::c_int = 1;
+    // SAFETY: passes a live c_int of the right size for TCP_NODELAY.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+fn set_linger_zero(fd: RawFd) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: passes a live linger struct of the right size for SO_LINGER.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}
