@@ -42,6 +42,11 @@ pub struct ServeConfig {
     /// shard's connections: idle sockets hold no buffer.
     pub recv_buffers: u16,
     pub recv_buffer_size: u32,
+    /// Channels one connection may subscribe to.
+    pub max_subscriptions: usize,
+    /// Channels the server keeps track of; bounds the channel table whatever
+    /// publishers and clients ask for.
+    pub max_channels: usize,
     /// Log output format.
     pub log_format: LogFormat,
 }
@@ -69,6 +74,8 @@ impl Default for ServeConfig {
             echo: false,
             recv_buffers: 1024,
             recv_buffer_size: 4096,
+            max_subscriptions: 100,
+            max_channels: 100_000,
             log_format: LogFormat::Text,
         }
     }
@@ -90,6 +97,8 @@ pub const KEYS: &[&str] = &[
     "echo",
     "recv-buffers",
     "recv-buffer-size",
+    "max-subscriptions",
+    "max-channels",
     "log-format",
 ];
 
@@ -184,6 +193,8 @@ impl ServeConfig {
                 self.recv_buffers = n as u16;
             }
             "recv-buffer-size" => self.recv_buffer_size = parse_size(value, 512, 1 << 20)? as u32,
+            "max-subscriptions" => self.max_subscriptions = parse_count(value, 1, 100_000)?,
+            "max-channels" => self.max_channels = parse_count(value, 1, 100_000_000)?,
             "log-format" => {
                 self.log_format = match value {
                     "text" => LogFormat::Text,

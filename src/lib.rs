@@ -6,8 +6,10 @@
 
 pub mod cli;
 pub mod config;
+pub mod feed;
 pub mod metrics;
 pub mod protocol;
+pub mod publish;
 pub mod server;
 pub mod shard;
 pub mod sys;

@@ -3,8 +3,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use ringcast::cli::{Cli, Command};
+use ringcast::cli::{Cli, Command, PublishArgs};
 use ringcast::config::{LogFormat, ServeConfig};
+use ringcast::publish::{PublishOptions, Target};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -28,6 +29,27 @@ fn main() -> ExitCode {
                     ExitCode::from(1)
                 }
             }
+        }
+        Command::Publish(args) => publish(args),
+    }
+}
+
+fn publish(args: PublishArgs) -> ExitCode {
+    let target = match (args.udp, args.unix) {
+        (Some(addr), _) => Target::Udp(addr),
+        (None, Some(path)) => Target::Unix(path),
+        (None, None) => Target::Unix("./ringcast.sock".into()),
+    };
+    let options = PublishOptions {
+        channel: args.channel,
+        target,
+        text: args.text,
+    };
+    match ringcast::publish::run(&options, args.data.as_deref()) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ringcast publish: {}", e.message);
+            ExitCode::from(if e.usage { 2 } else { 1 })
         }
     }
 }

@@ -19,10 +19,11 @@ pub enum Counter {
     SendCalls,
     MessagesFannedOut,
     FramesReceived,
+    SlowClientCuts,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 8] = [
+    pub const ALL: [Counter; 9] = [
         Counter::ConnectionsAccepted,
         Counter::HandshakesRejected,
         Counter::HttpRequests,
@@ -31,6 +32,7 @@ impl Counter {
         Counter::SendCalls,
         Counter::MessagesFannedOut,
         Counter::FramesReceived,
+        Counter::SlowClientCuts,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -67,6 +69,10 @@ impl Counter {
             Counter::FramesReceived => (
                 "ringcast_frames_received_total",
                 "WebSocket messages and control frames received from clients.",
+            ),
+            Counter::SlowClientCuts => (
+                "ringcast_slow_client_disconnects_total",
+                "Clients cut for falling behind the high-water mark (counted when cut).",
             ),
         }
     }
@@ -269,20 +275,6 @@ pub fn render_shards(out: &mut String, shards: &[LocalStats]) {
                 s.closed[r as usize]
             );
         }
-    }
-    let name = "ringcast_slow_client_disconnects_total";
-    write_header(
-        out,
-        name,
-        "Clients cut for falling behind the high-water mark.",
-        "counter",
-    );
-    for (i, s) in shards.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "{name}{{shard=\"{i}\"}} {}",
-            s.closed[CloseReason::SlowClient as usize]
-        );
     }
 }
 

@@ -1,31 +1,51 @@
 //! `ringcast serve`: binds the listeners, starts one shard per CPU, prints
 //! the start-up summary, and runs the control plane (signals; the feed).
 
+use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
 use socket2::{Domain, Socket, Type};
+use tokio::sync::mpsc;
 
 use crate::config::ServeConfig;
+use crate::feed::envelope::FeedError;
+use crate::feed::registry::Registry;
+use crate::feed::{Distributor, FeedStats, ingest};
 use crate::metrics::{self, SharedStats};
 use crate::shard::{self, ShardConfig, ShardHandle, ShardMsg};
 
-/// State every thread can read: per-shard stats and the drain flag.
+/// Channels listed one by one in `/metrics` (the busiest); more would make
+/// the page, and the monitoring system's series count, unbounded.
+const METRICS_CHANNELS: usize = 100;
+/// Messages queued from the ingest tasks to the distributor.
+const INGEST_QUEUE: usize = 4096;
+/// Channel messages queued to each shard.
+const SHARD_INBOX: usize = 16384;
+
+/// State every thread can read: stats, the channels, the drain flag.
 pub struct Shared {
     pub shard_stats: Vec<SharedStats>,
     pub draining: AtomicBool,
     pub started: Instant,
+    pub registry: Registry,
+    pub feed: Arc<FeedStats>,
+    /// Inode of the UDP feed socket, to read its kernel drop counter.
+    pub udp_inode: AtomicU64,
 }
 
 impl Shared {
-    pub fn new(shards: usize) -> Shared {
+    pub fn new(shards: usize, max_channels: usize) -> Shared {
         Shared {
             shard_stats: (0..shards).map(|_| SharedStats::default()).collect(),
             draining: AtomicBool::new(false),
             started: Instant::now(),
+            registry: Registry::new(shards, max_channels),
+            feed: Arc::new(FeedStats::default()),
+            udp_inode: AtomicU64::new(0),
         }
     }
 
@@ -44,7 +64,91 @@ impl Shared {
         ));
         let snapshots: Vec<_> = self.shard_stats.iter().map(|s| s.snapshot()).collect();
         metrics::render_shards(&mut out, &snapshots);
+        self.render_feed(&mut out);
         out
+    }
+
+    fn render_feed(&self, out: &mut String) {
+        let feed = &self.feed;
+        let mut counter = |name: &str, help: &str, value: u64| {
+            metrics::write_header(out, name, help, "counter");
+            let _ = writeln!(out, "{name} {value}");
+        };
+        counter(
+            "ringcast_messages_published_total",
+            "Feed messages accepted and fanned out (all channels).",
+            feed.published.load(Relaxed),
+        );
+        counter(
+            "ringcast_feed_udp_drops_total",
+            "UDP feed datagrams the kernel dropped because the socket buffer was full.",
+            self.udp_drops(),
+        );
+        let name = "ringcast_feed_messages_total";
+        metrics::write_header(out, name, "Feed messages received, by socket.", "counter");
+        let _ = writeln!(
+            out,
+            "{name}{{source=\"udp\"}} {}",
+            feed.udp_messages.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "{name}{{source=\"unix\"}} {}",
+            feed.unix_messages.load(Relaxed)
+        );
+        let name = "ringcast_feed_errors_total";
+        metrics::write_header(out, name, "Feed messages refused, by kind.", "counter");
+        for kind in FeedError::ALL {
+            let _ = writeln!(
+                out,
+                "{name}{{kind=\"{}\"}} {}",
+                kind.label(),
+                feed.errors(kind)
+            );
+        }
+        let name = "ringcast_feed_unix_publishers";
+        metrics::write_header(
+            out,
+            name,
+            "Publishers connected to the Unix feed socket.",
+            "gauge",
+        );
+        let _ = writeln!(out, "{name} {}", feed.unix_publishers.load(Relaxed));
+        let name = "ringcast_channels";
+        metrics::write_header(out, name, "Channels known to the server.", "gauge");
+        let _ = writeln!(out, "{name} {}", self.registry.len());
+        let name = "ringcast_channel_messages_published_total";
+        metrics::write_header(
+            out,
+            name,
+            "Messages published per channel (the 100 busiest channels only).",
+            "counter",
+        );
+        for (channel, count) in self.registry.busiest(METRICS_CHANNELS) {
+            let _ = writeln!(out, "{name}{{channel=\"{channel}\"}} {count}");
+        }
+    }
+
+    /// The kernel's drop counter of the UDP feed socket (from /proc/net/udp*).
+    fn udp_drops(&self) -> u64 {
+        let inode = self.udp_inode.load(Relaxed);
+        if inode == 0 {
+            return 0;
+        }
+        let inode = inode.to_string();
+        ["/proc/net/udp", "/proc/net/udp6"]
+            .iter()
+            .filter_map(|p| std::fs::read_to_string(p).ok())
+            .flat_map(|text| {
+                text.lines()
+                    .skip(1)
+                    .map(|l| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+                    .collect::<Vec<_>>()
+            })
+            // Columns: ... inode (9), ref, pointer, drops (12).
+            .find(|cols| cols.get(9) == Some(&inode))
+            .and_then(|cols| cols.get(12)?.parse().ok())
+            .unwrap_or(0)
     }
 }
 
@@ -63,6 +167,13 @@ pub struct Running {
     pub listen: SocketAddr,
     pub shards: Vec<ShardHandle>,
     pub shared: Arc<Shared>,
+    pub open_files: u64,
+}
+
+/// The bound feed sockets.
+struct Feeds {
+    udp: Option<(SocketAddr, tokio::net::UdpSocket)>,
+    unix: Option<(tokio::net::UnixListener, ingest::SocketFileGuard)>,
 }
 
 /// Binds and starts everything; returns once every shard accepts.
@@ -95,8 +206,10 @@ pub fn start(config: &ServeConfig) -> Result<Running, StartError> {
         echo: config.echo,
         recv_buffers: config.recv_buffers,
         recv_buffer_size: config.recv_buffer_size,
+        max_subscriptions: config.max_subscriptions,
+        inbox_capacity: SHARD_INBOX,
     });
-    let shared = Arc::new(Shared::new(shard_count));
+    let shared = Arc::new(Shared::new(shard_count, config.max_channels));
     let mut shards = Vec::with_capacity(shard_count);
     for (index, listener) in listeners.into_iter().enumerate() {
         let cpu = cpus[index % cpus.len()];
@@ -106,35 +219,11 @@ pub fn start(config: &ServeConfig) -> Result<Running, StartError> {
             .map_err(|e| StartError(format!("shard {index} could not start: {e}")))?;
         shards.push(handle);
     }
-    let cpu_list = shards
-        .iter()
-        .map(|s| s.cpu.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
-    let feeds = [
-        config.udp.map(|a| format!("udp {a}")),
-        config
-            .unix
-            .as_ref()
-            .map(|p| format!("unix {}", p.display())),
-    ]
-    .into_iter()
-    .flatten()
-    .collect::<Vec<_>>();
-    let feeds = if feeds.is_empty() {
-        "none".to_owned()
-    } else {
-        feeds.join(", ")
-    };
-    tracing::info!(
-        "ringcast {} listening on {listen}; {shard_count} shard(s) on CPU(s) {cpu_list}; feeds: {feeds}; open files limit {open_files}{}",
-        env!("CARGO_PKG_VERSION"),
-        if config.echo { "; /echo enabled" } else { "" },
-    );
     Ok(Running {
         listen,
         shards,
         shared,
+        open_files,
     })
 }
 
@@ -194,8 +283,26 @@ pub fn serve(config: ServeConfig) -> Result<(), StartError> {
         .build()
         .map_err(|e| StartError(format!("cannot start the control runtime: {e}")))?;
     runtime.block_on(async {
+        let feeds = bind_feeds(&config, &running.shared)?;
+        print_summary(&config, &running, &feeds);
+        let (tx, rx) = mpsc::channel(INGEST_QUEUE);
+        let stats = running.shared.feed.clone();
+        let max = config.max_feed_message;
+        let _socket_file = if let Some((listener, guard)) = feeds.unix {
+            tokio::spawn(ingest::run_unix(listener, tx.clone(), max, stats.clone()));
+            Some(guard)
+        } else {
+            None
+        };
+        if let Some((_, socket)) = feeds.udp {
+            tokio::spawn(ingest::run_udp(socket, tx.clone(), max, stats.clone()));
+        }
+        drop(tx);
+        let distributor = Distributor::new(running.shared.feed.clone(), &running);
+        tokio::spawn(distributor.run(rx));
         wait_for_signal().await;
-    });
+        Ok::<(), StartError>(())
+    })?;
     tracing::info!("shutting down");
     for shard in &running.shards {
         shard.send(ShardMsg::Shutdown);
@@ -205,6 +312,74 @@ pub fn serve(config: ServeConfig) -> Result<(), StartError> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+fn bind_feeds(config: &ServeConfig, shared: &Shared) -> Result<Feeds, StartError> {
+    let udp = match config.udp {
+        Some(addr) => {
+            let socket = ingest::bind_udp(addr)
+                .map_err(|e| StartError(format!("cannot bind the UDP feed on {addr}: {e}")))?;
+            let bound = socket.local_addr().unwrap_or(addr);
+            shared
+                .udp_inode
+                .store(socket_inode(socket.as_raw_fd()), Relaxed);
+            Some((bound, socket))
+        }
+        None => None,
+    };
+    let unix = match &config.unix {
+        Some(path) => {
+            let listener = ingest::bind_unix(path).map_err(|e| {
+                StartError(format!(
+                    "cannot listen on the Unix feed socket {}: {e}",
+                    path.display()
+                ))
+            })?;
+            Some((listener, ingest::SocketFileGuard(path.clone())))
+        }
+        None => None,
+    };
+    Ok(Feeds { udp, unix })
+}
+
+fn socket_inode(fd: std::os::fd::RawFd) -> u64 {
+    // SAFETY: fstat fills a stat struct we own; the fd is open.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd, &mut st) } == 0 {
+        st.st_ino
+    } else {
+        0
+    }
+}
+
+/// The one start-up line: where it listens, shards and CPUs, feeds, limits.
+fn print_summary(config: &ServeConfig, running: &Running, feeds: &Feeds) {
+    let cpu_list = running
+        .shards
+        .iter()
+        .map(|s| s.cpu.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut list = Vec::new();
+    if let Some((addr, _)) = &feeds.udp {
+        list.push(format!("udp {addr}"));
+    }
+    if let Some(path) = &config.unix {
+        list.push(format!("unix {}", path.display()));
+    }
+    let feeds = if list.is_empty() {
+        "none".to_owned()
+    } else {
+        list.join(", ")
+    };
+    tracing::info!(
+        "ringcast {} listening on {}; {} shard(s) on CPU(s) {cpu_list}; feeds: {feeds}; open files limit {}{}",
+        env!("CARGO_PKG_VERSION"),
+        running.listen,
+        running.shards.len(),
+        running.open_files,
+        if config.echo { "; /echo enabled" } else { "" },
+    );
 }
 
 async fn wait_for_signal() {

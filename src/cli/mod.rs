@@ -18,7 +18,29 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server in the foreground (what systemd runs).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Send one message (DATA), or one per stdin line, to a running server's feed.
+    Publish(PublishArgs),
+}
+
+/// `ringcast publish`: DATA is sent as the message's `data`, verbatim when it
+/// is valid JSON, as a JSON string otherwise.
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// Channel to publish on [default: the server's `default` channel].
+    #[arg(long, value_name = "C")]
+    pub channel: Option<String>,
+    /// Unix feed socket of the server [default: ./ringcast.sock].
+    #[arg(long, value_name = "PATH", conflicts_with = "udp")]
+    pub unix: Option<PathBuf>,
+    /// Publish over UDP to this address instead (one datagram per message).
+    #[arg(long, value_name = "ADDR")]
+    pub udp: Option<std::net::SocketAddr>,
+    /// Always send the data as a JSON string, even when it parses as JSON.
+    #[arg(long)]
+    pub text: bool,
+    /// The data; without it, every stdin line is one message.
+    pub data: Option<String>,
 }
 
 /// Every flag is also a key of the TOML config file; flags win.
@@ -69,6 +91,12 @@ pub struct ServeArgs {
     /// Size of each receive buffer [default: 4KiB].
     #[arg(long, value_name = "BYTES")]
     pub recv_buffer_size: Option<String>,
+    /// Channels one connection may subscribe to [default: 100].
+    #[arg(long, value_name = "N")]
+    pub max_subscriptions: Option<String>,
+    /// Channels the server tracks in all [default: 100000].
+    #[arg(long, value_name = "N")]
+    pub max_channels: Option<String>,
     /// Log format: text or json [default: text].
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<String>,
@@ -91,6 +119,8 @@ impl ServeArgs {
             ("handshake-timeout", &self.handshake_timeout),
             ("recv-buffers", &self.recv_buffers),
             ("recv-buffer-size", &self.recv_buffer_size),
+            ("max-subscriptions", &self.max_subscriptions),
+            ("max-channels", &self.max_channels),
             ("log-format", &self.log_format),
         ];
         let mut given: Vec<(&'static str, String)> = options
@@ -112,7 +142,7 @@ mod tests {
     #[test]
     fn every_config_key_is_a_flag() {
         let args = Cli::parse_from(["ringcast", "serve"]);
-        let Command::Serve(_) = args.command;
+        assert!(matches!(args.command, Command::Serve(_)));
         let cmd = <Cli as clap::CommandFactory>::command();
         let serve = cmd.find_subcommand("serve").unwrap();
         for key in KEYS {

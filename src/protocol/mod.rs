@@ -4,4 +4,5 @@
 
 pub mod frame;
 pub mod handshake;
+pub mod query;
 pub mod reader;

@@ -5,6 +5,8 @@
 
 use std::os::fd::RawFd;
 
+use smallvec::SmallVec;
+
 use crate::metrics::CloseReason;
 use crate::protocol::reader::FrameReader;
 
@@ -73,6 +75,17 @@ pub struct Conn {
     pub deadline: u64,
     pub input: Input,
     pub out: OutQueue,
+    pub subs: SmallVec<[Subscription; 2]>,
+}
+
+/// A connection's place in a shard channel's subscriber list, so leaving
+/// is O(1) whatever the channel's size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subscription {
+    /// The shard-local channel slot.
+    pub channel: u32,
+    /// Index of this connection in that channel's subscriber list.
+    pub position: u32,
 }
 
 impl Conn {
@@ -92,6 +105,7 @@ impl Conn {
             deadline: 0,
             input: Input::Head(Vec::new()),
             out: OutQueue::default(),
+            subs: SmallVec::new(),
         }
     }
 
@@ -213,7 +227,7 @@ mod tests {
     fn conn_is_compact() {
         // Guard against accidental growth of the per-connection footprint.
         assert!(
-            std::mem::size_of::<Conn>() <= 128,
+            std::mem::size_of::<Conn>() <= 160,
             "{}",
             std::mem::size_of::<Conn>()
         );

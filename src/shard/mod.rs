@@ -15,6 +15,7 @@ mod driver;
 mod outqueue;
 mod timer;
 
+use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -24,15 +25,17 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use crate::feed::registry::Channel;
 use crate::metrics::{CloseReason, Counter, Gauge, LocalStats};
 use crate::protocol::frame::{OpCode, encode_close_frame, encode_server_frame};
 use crate::protocol::handshake::{
     RequestHead, http_response, parse_request_head, switching_protocols, validate_upgrade,
 };
+use crate::protocol::query::parse_ws_query;
 use crate::protocol::reader::{Event, Flow, FrameReader, Violation};
 use crate::server::Shared;
 
-use conn::{Conn, Endpoint, Input, Phase, Slab};
+use conn::{Conn, Endpoint, Input, Phase, Slab, Subscription};
 use driver::{Completion, Driver, MAX_IOVECS_PER_SEND, Op};
 use outqueue::FrameRef;
 use timer::{TimerEntry, TimerWheel};
@@ -51,6 +54,17 @@ pub struct ShardConfig {
     pub echo: bool,
     pub recv_buffers: u16,
     pub recv_buffer_size: u32,
+    pub max_subscriptions: usize,
+    pub inbox_capacity: usize,
+}
+
+/// A channel message for a shard: the frame, encoded once by the feed and
+/// shared (one reference per shard, one atomic increment per shard).
+#[derive(Debug)]
+pub struct Delivery {
+    pub channel: u64,
+    pub seq: u64,
+    pub frame: Bytes,
 }
 
 /// Messages to a shard from other threads.
@@ -99,6 +113,9 @@ pub struct ShardHandle {
     pub index: usize,
     pub cpu: usize,
     pub inbox: mpsc::UnboundedSender<ShardMsg>,
+    /// Channel messages; bounded, so a shard that falls behind slows the
+    /// feed down instead of growing without limit.
+    pub deliveries: mpsc::Sender<Delivery>,
     pub waker: Arc<Waker>,
     pub thread: std::thread::JoinHandle<()>,
 }
@@ -122,6 +139,7 @@ pub fn spawn(
 ) -> std::io::Result<ShardHandle> {
     let waker = Arc::new(Waker::new()?);
     let (tx, rx) = mpsc::unbounded_channel();
+    let (deliveries_tx, deliveries_rx) = mpsc::channel(config.inbox_capacity);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let thread_waker = waker.clone();
     let thread = std::thread::Builder::new()
@@ -130,7 +148,11 @@ pub fn spawn(
             if let Err(e) = crate::sys::pin_current_thread(cpu) {
                 tracing::warn!(shard = index, cpu, "cannot pin shard to its CPU: {e}");
             }
-            let shard = match Shard::new(index, listener, config, shared, rx, thread_waker) {
+            let inboxes = Inboxes {
+                control: rx,
+                deliveries: deliveries_rx,
+            };
+            let shard = match Shard::new(index, listener, config, shared, inboxes, thread_waker) {
                 Ok(s) => {
                     let _ = ready_tx.send(Ok(()));
                     s
@@ -147,6 +169,7 @@ pub fn spawn(
             index,
             cpu,
             inbox: tx,
+            deliveries: deliveries_tx,
             waker,
             thread,
         }),
@@ -167,6 +190,22 @@ const CLOSE_GRACE_MS: u64 = 2000;
 const RELEASE_GRACE_MS: u64 = 5000;
 /// Wait before re-arming accept after it failed (e.g. out of descriptors).
 const ACCEPT_RETRY_MS: u64 = 100;
+/// Channel messages fanned out per loop iteration before the shard goes
+/// back to the ring (sends, receives) and then continues with the rest.
+const DELIVERY_BUDGET: usize = 1024;
+
+struct Inboxes {
+    control: mpsc::UnboundedReceiver<ShardMsg>,
+    deliveries: mpsc::Receiver<Delivery>,
+}
+
+/// A channel as one shard sees it: its local subscribers.
+struct ShardChannel {
+    channel: Arc<Channel>,
+    subscribers: Vec<u32>,
+    /// Highest seq fanned out here; anything at or below is skipped.
+    delivered_seq: u64,
+}
 
 struct Shard {
     index: usize,
@@ -181,7 +220,11 @@ struct Shard {
     flush_list: Vec<u32>,
     starved: Vec<u32>,
     iov: Vec<(*const u8, usize)>,
-    inbox: mpsc::UnboundedReceiver<ShardMsg>,
+    inbox: Inboxes,
+    channels: Slab<ShardChannel>,
+    channel_slots: HashMap<u64, u32>,
+    subscriptions: u64,
+    slow: Vec<u32>,
     waker: Arc<Waker>,
     wake_buf: Box<u64>,
     woken: bool,
@@ -201,7 +244,7 @@ impl Shard {
         listener: OwnedFd,
         config: Arc<ShardConfig>,
         shared: Arc<Shared>,
-        inbox: mpsc::UnboundedReceiver<ShardMsg>,
+        inbox: Inboxes,
         waker: Arc<Waker>,
     ) -> std::io::Result<Shard> {
         let driver = Driver::new(SQ_ENTRIES, config.recv_buffers, config.recv_buffer_size)?;
@@ -219,6 +262,10 @@ impl Shard {
             starved: Vec::new(),
             iov: Vec::with_capacity(MAX_IOVECS_PER_SEND),
             inbox,
+            channels: Slab::new(),
+            channel_slots: HashMap::new(),
+            subscriptions: 0,
+            slow: Vec::new(),
             waker,
             wake_buf: Box::new(0),
             woken: false,
@@ -240,7 +287,12 @@ impl Shard {
 
     fn run(mut self) {
         loop {
-            let timeout = Duration::from_millis(TICK_MS);
+            // With inbox work left over, only look at the ring, do not wait.
+            let timeout = if self.woken {
+                Duration::ZERO
+            } else {
+                Duration::from_millis(TICK_MS)
+            };
             if let Err(e) = self.driver.submit_and_wait(Some(timeout)) {
                 tracing::error!(
                     shard = self.index,
@@ -254,8 +306,7 @@ impl Shard {
                 self.on_completion(*c);
             }
             self.driver.restore(completions);
-            if self.woken {
-                self.woken = false;
+            if std::mem::take(&mut self.woken) {
                 self.drain_inbox();
             }
             self.fire_timers();
@@ -477,10 +528,7 @@ impl Shard {
         buf.extend_from_slice(data);
         match parse_request_head(buf) {
             Ok(None) => {}
-            Err(e) => {
-                self.stats.add(Counter::HandshakesRejected, 1);
-                self.respond_and_close(slot, e.response());
-            }
+            Err(e) => self.reject(slot, e.response()),
             Ok(Some((head, len))) => {
                 let buf = std::mem::take(buf);
                 self.on_request(slot, &head, &buf[len..]);
@@ -541,11 +589,19 @@ impl Shard {
     fn upgrade(&mut self, slot: u32, head: &RequestHead, endpoint: Endpoint, rest: &[u8]) {
         let accept = match validate_upgrade(head) {
             Ok(accept) => accept,
-            Err(rejection) => {
-                self.stats.add(Counter::HandshakesRejected, 1);
-                self.respond_and_close(slot, rejection.response());
-                return;
+            Err(rejection) => return self.reject(slot, rejection.response()),
+        };
+        let channels = if endpoint == Endpoint::Subscriber {
+            match parse_ws_query(&head.query, self.config.max_subscriptions) {
+                Ok(q) => q.channels,
+                Err(why) => {
+                    let body = format!("{why}\n");
+                    return self
+                        .reject(slot, http_response(400, "text/plain", body.as_bytes(), &[]));
+                }
             }
+        } else {
+            Vec::new()
         };
         let limit = match endpoint {
             Endpoint::Echo => self.config.echo_max_message,
@@ -559,11 +615,142 @@ impl Shard {
         conn.input = Input::Frames(Box::new(FrameReader::new(limit)));
         let response = Bytes::from(switching_protocols(&accept, None));
         self.enqueue(slot, Rc::new(response));
+        for name in &channels {
+            if self.subscribe(slot, name).is_err() {
+                let frame =
+                    encode_close_frame(1013, "server channel limit reached; try again later");
+                self.close_with(slot, Some(frame), CloseReason::Error);
+                return;
+            }
+        }
         let deadline = self.now_ms + self.config.ping_interval.as_millis() as u64;
         self.set_deadline(slot, deadline);
         if !rest.is_empty() {
             // Frames pipelined behind the request head.
             self.on_frames(slot, rest);
+        }
+    }
+
+    fn reject(&mut self, slot: u32, response: Vec<u8>) {
+        self.stats.add(Counter::HandshakesRejected, 1);
+        self.respond_and_close(slot, response);
+    }
+
+    // ----- channels -----
+
+    /// Adds the connection to `name`'s subscribers on this shard.
+    fn subscribe(
+        &mut self,
+        slot: u32,
+        name: &str,
+    ) -> Result<(), crate::feed::registry::TooManyChannels> {
+        let channel = self.shared.registry.get_or_create(name)?;
+        let local = match self.channel_slots.get(&channel.id) {
+            Some(&local) => local,
+            None => {
+                // Interest first, then the current seq: see feed::registry.
+                channel.set_interest(self.index, true);
+                let delivered_seq = channel.last_seq();
+                let id = channel.id;
+                let local = self.channels.insert(ShardChannel {
+                    channel,
+                    subscribers: Vec::new(),
+                    delivered_seq,
+                });
+                self.channel_slots.insert(id, local);
+                local
+            }
+        };
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return Ok(());
+        };
+        if conn.subs.iter().any(|s| s.channel == local) {
+            return Ok(());
+        }
+        let Some(ch) = self.channels.get_mut(local) else {
+            return Ok(());
+        };
+        conn.subs.push(Subscription {
+            channel: local,
+            position: ch.subscribers.len() as u32,
+        });
+        ch.subscribers.push(slot);
+        self.subscriptions += 1;
+        Ok(())
+    }
+
+    fn unsubscribe_all(&mut self, slot: u32) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        for sub in std::mem::take(&mut conn.subs) {
+            self.remove_subscriber(sub);
+        }
+    }
+
+    /// Removes one subscriber in O(1): the last one takes its place.
+    fn remove_subscriber(&mut self, sub: Subscription) {
+        let Some(ch) = self.channels.get_mut(sub.channel) else {
+            return;
+        };
+        let position = sub.position as usize;
+        ch.subscribers.swap_remove(position);
+        self.subscriptions -= 1;
+        if let Some(&moved) = ch.subscribers.get(position)
+            && let Some(conn) = self.conns.get_mut(moved)
+            && let Some(s) = conn.subs.iter_mut().find(|s| s.channel == sub.channel)
+        {
+            s.position = sub.position;
+        }
+        if ch.subscribers.is_empty() {
+            ch.channel.set_interest(self.index, false);
+            let id = ch.channel.id;
+            self.channel_slots.remove(&id);
+            self.channels.remove(sub.channel);
+        }
+    }
+
+    /// Fans one channel message out to this shard's subscribers: per
+    /// subscriber, a reference-count increment (not atomic), a queue push
+    /// and a counter; sends start at the end of the loop iteration.
+    fn deliver(&mut self, delivery: Delivery) {
+        let Some(&local) = self.channel_slots.get(&delivery.channel) else {
+            return;
+        };
+        let Some(ch) = self.channels.get_mut(local) else {
+            return;
+        };
+        if delivery.seq <= ch.delivered_seq {
+            return;
+        }
+        ch.delivered_seq = delivery.seq;
+        let len = delivery.frame.len() as u64;
+        let frame: FrameRef = Rc::new(delivery.frame);
+        let high_water = self.config.high_water;
+        let mut peak = self.stats.gauge(Gauge::QueuedBytesPeak);
+        for &slot in &ch.subscribers {
+            let Some(conn) = self.conns.get_mut(slot) else {
+                continue;
+            };
+            conn.out.push(frame.clone());
+            let queued = conn.out.queued_bytes();
+            peak = peak.max(queued);
+            if queued > high_water {
+                self.slow.push(slot);
+            }
+            if !conn.flush_pending {
+                conn.flush_pending = true;
+                self.flush_list.push(slot);
+            }
+        }
+        let n = ch.subscribers.len() as u64;
+        self.stats.add(Counter::MessagesFannedOut, 1);
+        self.stats.add(Counter::FramesDelivered, n);
+        self.stats.set(Gauge::QueuedBytesPeak, peak);
+        let total = self.stats.gauge(Gauge::QueuedBytes) + n * len;
+        self.stats.set(Gauge::QueuedBytes, total);
+        while let Some(slot) = self.slow.pop() {
+            self.cut_slow_client(slot);
         }
     }
 
@@ -683,6 +870,7 @@ impl Shard {
         };
         let released = conn.out.drop_unsent();
         self.note_unqueued(released);
+        self.stats.add(Counter::SlowClientCuts, 1);
         let reason = format!(
             "slow consumer: more than {limit} bytes queued; reconnect with since= to resume"
         );
@@ -796,6 +984,7 @@ impl Shard {
             let n = conn.out.push(Rc::new(frame));
             self.note_queued(slot, n);
         }
+        self.unsubscribe_all(slot);
         self.set_deadline(slot, self.now_ms + CLOSE_GRACE_MS);
         self.schedule_flush(slot);
     }
@@ -809,10 +998,11 @@ impl Shard {
         conn.phase = Phase::Lingering;
         if !conn.recv_armed && !conn.recv_starved {
             // Nothing will tell us the peer closed: we are done.
-            self.release(slot, false, CloseReason::Error);
-            return;
+            let reason = conn.close_reason.unwrap_or(CloseReason::Error);
+            self.release(slot, false, reason);
         }
-        self.set_deadline(slot, self.now_ms + CLOSE_GRACE_MS);
+        // The deadline set when closing began still stands: the whole close
+        // takes at most CLOSE_GRACE_MS.
     }
 
     /// Ends the connection: cancels its operations and closes the socket once
@@ -824,6 +1014,14 @@ impl Shard {
         if conn.phase == Phase::Releasing {
             return;
         }
+        tracing::debug!(
+            shard = self.index,
+            slot,
+            abort,
+            ?reason,
+            phase = ?conn.phase,
+            "releasing connection"
+        );
         if conn.close_reason.is_none()
             || conn.phase == Phase::Handshake
             || conn.phase == Phase::Open
@@ -834,7 +1032,9 @@ impl Shard {
         conn.input = Input::Discard;
         conn.abort |= abort;
         let fd = conn.fd;
-        if conn.recv_armed || conn.out.send_in_flight() {
+        let busy = conn.recv_armed || conn.out.send_in_flight();
+        self.unsubscribe_all(slot);
+        if busy {
             if self.driver.cancel_all(fd).is_err() {
                 // SAFETY: shutdown on our own socket; it forces the pending
                 // operations to complete so the slot can be released.
@@ -906,8 +1106,13 @@ impl Shard {
             Phase::Handshake => self.release(slot, true, CloseReason::HandshakeTimeout),
             Phase::Open => self.heartbeat(slot),
             Phase::Closing | Phase::Lingering => {
+                // Grace over. Still Closing: the peer does not read, so what
+                // is queued will never go; reset. Lingering: everything was
+                // written; a slow client is reset to free the kernel's buffer
+                // at once, anyone else gets a normal close.
                 let reason = conn.close_reason.unwrap_or(CloseReason::Error);
-                self.release(slot, true, reason);
+                let abort = conn.phase == Phase::Closing || reason == CloseReason::SlowClient;
+                self.release(slot, abort, reason);
             }
             Phase::Releasing => {
                 // Cancelled operations did not come back: force them.
@@ -946,11 +1151,19 @@ impl Shard {
     // ----- inbox and stats -----
 
     fn drain_inbox(&mut self) {
-        while let Ok(msg) = self.inbox.try_recv() {
+        while let Ok(msg) = self.inbox.control.try_recv() {
             match msg {
                 ShardMsg::Shutdown => self.shutdown(),
             }
         }
+        for _ in 0..DELIVERY_BUDGET {
+            match self.inbox.deliveries.try_recv() {
+                Ok(delivery) => self.deliver(delivery),
+                Err(_) => return,
+            }
+        }
+        // Budget spent with messages left: come back without waiting.
+        self.woken = true;
     }
 
     fn shutdown(&mut self) {
@@ -964,6 +1177,7 @@ impl Shard {
     fn publish_stats(&mut self) {
         self.stats
             .set(Gauge::ConnectionsOpen, self.conns.len() as u64);
+        self.stats.set(Gauge::Subscriptions, self.subscriptions);
         self.shared.shard_stats[self.index].publish(&self.stats);
     }
 }

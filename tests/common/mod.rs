@@ -39,7 +39,10 @@ impl Server {
         }
         cmd.args(args)
             .current_dir(dir.path())
-            .env("RINGCAST_LOG", "info")
+            .env(
+                "RINGCAST_LOG",
+                std::env::var("RINGCAST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn ringcast");
@@ -172,9 +175,7 @@ impl Server {
 
     /// Resident set size of the server process in bytes (from /proc).
     pub fn rss(&self) -> u64 {
-        let statm = std::fs::read_to_string(format!("/proc/{}/statm", self.pid())).unwrap();
-        let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
-        pages * 4096
+        rss_of(self.pid()).expect("server process")
     }
 }
 
@@ -185,6 +186,13 @@ impl Drop for Server {
             let _ = child.wait();
         }
     }
+}
+
+/// Resident set size of process `pid` in bytes, from /proc/PID/statm.
+pub fn rss_of(pid: u32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
 }
 
 fn find_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
@@ -261,6 +269,10 @@ impl Frame {
             .then(|| u16::from_be_bytes([self.payload[0], self.payload[1]]))
     }
 
+    pub fn close_reason(&self) -> &str {
+        std::str::from_utf8(self.payload.get(2..).unwrap_or_default()).expect("utf-8 reason")
+    }
+
     pub fn text(&self) -> &str {
         std::str::from_utf8(&self.payload).expect("utf-8 frame")
     }
@@ -270,6 +282,8 @@ impl Frame {
 pub struct RawClient {
     pub stream: TcpStream,
     buf: Vec<u8>,
+    /// Why the last read stopped (None: EOF).
+    pub last_error: Option<std::io::Error>,
 }
 
 impl RawClient {
@@ -283,7 +297,10 @@ impl RawClient {
     }
 
     pub fn connect_tcp(addr: SocketAddr) -> RawClient {
-        let stream = TcpStream::connect(addr).expect("connect");
+        RawClient::from_stream(TcpStream::connect(addr).expect("connect"))
+    }
+
+    pub fn from_stream(stream: TcpStream) -> RawClient {
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
@@ -291,6 +308,7 @@ impl RawClient {
         RawClient {
             stream,
             buf: Vec::new(),
+            last_error: None,
         }
     }
 
@@ -310,7 +328,11 @@ impl RawClient {
     fn fill(&mut self) -> bool {
         let mut chunk = [0u8; 65536];
         match self.stream.read(&mut chunk) {
-            Ok(0) | Err(_) => false,
+            Ok(0) => false,
+            Err(e) => {
+                self.last_error = Some(e);
+                false
+            }
             Ok(n) => {
                 self.buf.extend_from_slice(&chunk[..n]);
                 true

@@ -1,0 +1,208 @@
+//! The feed: how publishers' messages get in and reach the shards.
+//!
+//! Ingest tasks (`ingest`) read UDP datagrams and Unix-socket lines and pass
+//! each message to the distributor, one task that owns the order: it parses
+//! the envelope, assigns the channel's next `seq`, encodes the frame once, and
+//! hands a reference to it to every shard with subscribers of that channel.
+//! The shards' inboxes are bounded: when a shard falls behind, the distributor
+//! waits, Unix publishers are not read (never dropped, only slowed), and UDP
+//! datagrams queue in the kernel (dropped there when its buffer is full, and
+//! counted in `/metrics`).
+
+pub mod envelope;
+pub mod ingest;
+pub mod registry;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use crate::server::{Running, Shared};
+use crate::shard::Delivery;
+use envelope::FeedError;
+
+/// Feed counters, read by `/metrics` on any thread.
+#[derive(Debug, Default)]
+pub struct FeedStats {
+    pub published: AtomicU64,
+    pub udp_messages: AtomicU64,
+    pub unix_messages: AtomicU64,
+    pub unix_publishers: AtomicU64,
+    errors: [AtomicU64; FeedError::COUNT],
+}
+
+impl FeedStats {
+    pub fn error(&self, kind: FeedError) {
+        self.errors[kind as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn errors(&self, kind: FeedError) -> u64 {
+        self.errors[kind as usize].load(Relaxed)
+    }
+}
+
+/// Logs a refused feed message at most once per interval, with the number
+/// of refusals since the last line, so a flood of garbage cannot flood the log.
+pub struct RateLimitedLog {
+    interval: Duration,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RateLimitedLog {
+    pub fn new(interval: Duration) -> Self {
+        RateLimitedLog {
+            interval,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// Calls `log(suppressed_since_last)` if the interval has passed.
+    pub fn hit(&mut self, log: impl FnOnce(u64)) {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < self.interval)
+        {
+            self.suppressed += 1;
+            return;
+        }
+        log(self.suppressed);
+        self.suppressed = 0;
+        self.last = Some(now);
+    }
+}
+
+/// A message from an ingest task to the distributor.
+pub struct Incoming {
+    pub bytes: Vec<u8>,
+    pub source: &'static str,
+}
+
+/// Owns seq assignment and the hand-off to shards.
+pub struct Distributor {
+    shared: Arc<Shared>,
+    stats: Arc<FeedStats>,
+    shards: Vec<ShardLink>,
+    log: RateLimitedLog,
+}
+
+struct ShardLink {
+    index: usize,
+    tx: mpsc::Sender<Delivery>,
+    waker: Arc<crate::shard::Waker>,
+    /// Messages sent since the last wake-up.
+    unwoken: bool,
+}
+
+/// Messages taken from the ingest queue per round before waking the shards:
+/// many messages per wake-up when publishers are busy, one when they are not.
+const BATCH: usize = 256;
+
+impl Distributor {
+    pub fn new(stats: Arc<FeedStats>, running: &Running) -> Self {
+        Distributor {
+            shared: running.shared.clone(),
+            stats,
+            shards: running
+                .shards
+                .iter()
+                .map(|s| ShardLink {
+                    index: s.index,
+                    tx: s.deliveries.clone(),
+                    waker: s.waker.clone(),
+                    unwoken: false,
+                })
+                .collect(),
+            log: RateLimitedLog::new(Duration::from_secs(5)),
+        }
+    }
+
+    /// Runs until every ingest task is gone.
+    pub async fn run(mut self, mut incoming: mpsc::Receiver<Incoming>) {
+        let mut batch = Vec::with_capacity(BATCH);
+        while incoming.recv_many(&mut batch, BATCH).await > 0 {
+            for message in batch.drain(..) {
+                self.publish(&message).await;
+            }
+            self.wake_shards();
+        }
+    }
+
+    async fn publish(&mut self, message: &Incoming) {
+        let env = match envelope::parse(&message.bytes) {
+            Ok(env) => env,
+            Err(kind) => return self.refuse(kind, message),
+        };
+        let channel = match self.shared.registry.get_or_create(&env.channel) {
+            Ok(c) => c,
+            Err(_) => return self.refuse(FeedError::TooManyChannels, message),
+        };
+        let seq = channel.next_seq();
+        let frame = envelope::encode_frame(&channel.name, seq, env.data);
+        self.stats.published.fetch_add(1, Relaxed);
+        for link in &mut self.shards {
+            if !channel.is_interested(link.index) {
+                continue;
+            }
+            let delivery = Delivery {
+                channel: channel.id,
+                seq,
+                frame: frame.clone(),
+            };
+            match link.tx.try_send(delivery) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(delivery)) => {
+                    // The shard is behind: make sure it is awake, then wait.
+                    link.waker.wake();
+                    if link.tx.send(delivery).await.is_err() {
+                        continue;
+                    }
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => continue,
+            }
+            link.unwoken = true;
+        }
+    }
+
+    fn wake_shards(&mut self) {
+        for link in &mut self.shards {
+            if std::mem::take(&mut link.unwoken) {
+                link.waker.wake();
+            }
+        }
+    }
+
+    fn refuse(&mut self, kind: FeedError, message: &Incoming) {
+        self.stats.error(kind);
+        let source = message.source;
+        let preview = preview(&message.bytes);
+        self.log.hit(|suppressed| {
+            tracing::warn!(
+                "refused a {source} feed message ({}): {preview}{}",
+                kind.label(),
+                if suppressed > 0 {
+                    format!(" ({suppressed} more refused since the last report)")
+                } else {
+                    String::new()
+                }
+            );
+        });
+    }
+}
+
+/// The start of a refused message, printable, for the log.
+pub fn preview(bytes: &[u8]) -> String {
+    let head = &bytes[..bytes.len().min(80)];
+    let mut s: String = String::from_utf8_lossy(head)
+        .chars()
+        .map(|c| if c.is_control() { '.' } else { c })
+        .collect();
+    if bytes.len() > head.len() {
+        s.push('…');
+    }
+    s
+}

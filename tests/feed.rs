@@ -1,0 +1,212 @@
+//! Bad feed input is counted by kind and never delivered; the server stays
+//! up; a stale Unix socket file is replaced, a live one is not; and
+//! `ringcast publish` delivers from an argument and from stdin.
+
+mod common;
+
+use std::io::Write;
+use std::net::UdpSocket;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::process::{Command, Stdio};
+
+use common::{BIN, RawClient, Server};
+
+fn feed_errors(server: &Server, kind: &str) -> u64 {
+    server.metric("ringcast_feed_errors_total", &[&format!("kind=\"{kind}\"")])
+}
+
+#[test]
+fn bad_feed_input_is_counted_and_never_delivered() {
+    let server = Server::start(&[
+        "--udp",
+        "127.0.0.1:0",
+        "--unix",
+        "feed.sock",
+        "--max-feed-message",
+        "1000",
+    ]);
+    let mut sub = RawClient::connect(server.addr, "/ws?channels=good,default,ok,a");
+    server.wait_metric("ringcast_subscriptions", &[], |v| v == 4);
+    let unix_path = server.unix.clone().unwrap();
+
+    // Over the Unix socket.
+    let mut unix = UnixStream::connect(&unix_path).unwrap();
+    let mut garbage: Vec<u8> = (0u8..=255).filter(|&b| b != b'\n').collect();
+    garbage.rotate_left(255); // starts with 0xff
+    unix.write_all(b"this is not json\n").unwrap(); // malformed
+    unix.write_all(b"{\"channel\":\"bad name\",\"data\":1}\n")
+        .unwrap(); // bad channel
+    unix.write_all(b"{\"channel\":\"a/b\",\"data\":1}\n")
+        .unwrap(); // bad channel
+    unix.write_all(b"{\"channel\":\"ok\"}\n").unwrap(); // missing data
+    unix.write_all(&[b"{\"data\":\"", &[b'x'; 2000][..], b"\"}\n"].concat())
+        .unwrap(); // oversize
+    unix.write_all(&[&garbage[..], b"\n"].concat()).unwrap(); // binary garbage
+    unix.write_all(b"[1,2,3]\n").unwrap(); // JSON, not an object
+    drop(unix);
+    // A publisher that disconnects in the middle of a line.
+    let mut partial = UnixStream::connect(&unix_path).unwrap();
+    partial
+        .write_all(b"{\"channel\":\"good\",\"data\":\"never fin")
+        .unwrap();
+    drop(partial);
+
+    // Over UDP.
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let to = server.udp.unwrap();
+    udp.send_to(b"{nope", to).unwrap(); // malformed
+    udp.send_to(&garbage, to).unwrap(); // binary garbage
+    udp.send_to(&[b"{\"data\":\"", &[b'y'; 2000][..], b"\"}"].concat(), to)
+        .unwrap(); // oversize
+    udp.send_to(b"{\"channel\":\"\",\"data\":1}", to).unwrap(); // bad channel (empty)
+
+    let want = [
+        ("malformed_json", 5),
+        ("bad_channel", 3),
+        ("missing_data", 1),
+        ("oversize", 2),
+        ("partial_line", 1),
+    ];
+    for (kind, n) in want {
+        let got = server.wait_metric(
+            "ringcast_feed_errors_total",
+            &[&format!("kind=\"{kind}\"")],
+            |v| v == n,
+        );
+        assert_eq!(got, n, "{kind}");
+    }
+    assert_eq!(server.metric("ringcast_messages_published_total", &[]), 0);
+
+    // Then a good message: it is the first and only thing the subscriber sees.
+    let mut unix = UnixStream::connect(&unix_path).unwrap();
+    unix.write_all(b"{\"channel\":\"good\",\"data\":\"fine\"}\n")
+        .unwrap();
+    let frame = sub.read_frame().expect("the good message");
+    assert_eq!(frame.text(), r#"{"channel":"good","seq":1,"data":"fine"}"#);
+    // Refused names never became channels.
+    assert_eq!(server.metric("ringcast_channels", &[]), 4);
+    let (status, _) = server.get("/healthz");
+    assert_eq!(status, 200);
+    assert!(feed_errors(&server, "too_many_channels") == 0);
+    // Refusals are logged, rate-limited: one line for this burst.
+    let log = server.log();
+    assert_eq!(log.matches("feed message (").count(), 1, "{log}");
+}
+
+#[test]
+fn stale_socket_file_is_replaced_live_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("feed.sock");
+    // Stale: a socket file nobody listens on.
+    drop(UnixListener::bind(&path).unwrap());
+    assert!(path.exists());
+    let server = Server::start(&["--unix", path.to_str().unwrap()]);
+    assert!(server.log().contains("replacing stale socket file"));
+    // Live: a second server on the same path must refuse to start.
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--udp", "off", "--unix"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("another server is listening on"),
+        "{stderr}"
+    );
+    // A file that is not a socket is never deleted.
+    let plain = dir.path().join("plain");
+    std::fs::write(&plain, "keep me").unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--udp", "off", "--unix"])
+        .arg(&plain)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(std::fs::read_to_string(&plain).unwrap(), "keep me");
+    drop(server);
+}
+
+#[test]
+fn publish_from_argument_and_stdin() {
+    let server = Server::start(&["--udp", "127.0.0.1:0", "--unix", "feed.sock"]);
+    let unix = server.unix.clone().unwrap();
+    let mut sub = RawClient::connect(server.addr, "/ws?channels=logs");
+    server.wait_metric("ringcast_subscriptions", &[], |v| v == 1);
+
+    let status = Command::new(BIN)
+        .args(["publish", "--channel", "logs", "--unix"])
+        .arg(&unix)
+        .arg(r#"{"level": "info"}"#)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut child = Command::new(BIN)
+        .args(["publish", "--channel", "logs", "--unix"])
+        .arg(&unix)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"GET /index.html 200\n\n42\nsay \"hi\"\n")
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let status = Command::new(BIN)
+        .args(["publish", "--channel", "logs", "--udp"])
+        .arg(server.udp.unwrap().to_string())
+        .args(["--text", "7"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    let want = [
+        r#"{"level": "info"}"#,
+        r#""GET /index.html 200""#,
+        "42",
+        r#""say \"hi\"""#,
+        r#""7""#,
+    ];
+    for (i, data) in want.iter().enumerate() {
+        let frame = sub.read_frame().expect("message");
+        assert_eq!(
+            frame.text(),
+            format!(r#"{{"channel":"logs","seq":{},"data":{data}}}"#, i + 1)
+        );
+    }
+}
+
+#[test]
+fn publish_without_a_server_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["publish", "--unix"])
+        .arg(dir.path().join("none.sock"))
+        .arg("x")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is `ringcast serve` running?"), "{stderr}");
+
+    // UDP: nothing listens on a port we just released.
+    let port = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let out = Command::new(BIN)
+        .args(["publish", "--udp", &port.to_string(), "x"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("nothing is listening on UDP"), "{stderr}");
+
+    let out = Command::new(BIN)
+        .args(["publish", "--channel", "bad name", "x"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
