@@ -18,7 +18,11 @@ fn large() -> Vec<u8> {
     let rows: Vec<String> = (0..40)
         .map(|i| format!(r#"{{"id":{i},"name":"row {i}","tags":["a","b"],"v":[1.5,2.5,{i}]}}"#))
         .collect();
-    format!(r#"{{"channel":"dash:board-1","data":[{}]}}"#, rows.join(",")).into_bytes()
+    format!(
+        r#"{{"channel":"dash:board-1","data":[{}]}}"#,
+        rows.join(",")
+    )
+    .into_bytes()
 }
 
 fn envelope(c: &mut Criterion) {

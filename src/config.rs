@@ -47,6 +47,19 @@ pub struct ServeConfig {
     /// Channels the server keeps track of; bounds the channel table whatever
     /// publishers and clients ask for.
     pub max_channels: usize,
+    /// Messages kept per channel for `since=` resume (0 disables history).
+    /// 1,000 covers a reconnect after a deploy at typical rates.
+    pub history: usize,
+    /// Bytes kept per channel (whichever bound is hit first).
+    pub history_bytes: u64,
+    /// Bytes kept across all channels: the server-wide bound.
+    pub history_total: u64,
+    /// Channels with no subscriber and no message for this long are dropped
+    /// (their seq starts again at 1 if they come back).
+    pub channel_ttl: Duration,
+    /// Messages per second a `/ws` client may send (burst: twice that).
+    /// Clients only send control messages; 50/s is far above honest use.
+    pub client_rate: u32,
     /// Log output format.
     pub log_format: LogFormat,
 }
@@ -76,6 +89,11 @@ impl Default for ServeConfig {
             recv_buffer_size: 4096,
             max_subscriptions: 100,
             max_channels: 100_000,
+            history: 1000,
+            history_bytes: 16 * 1024 * 1024,
+            history_total: 512 * 1024 * 1024,
+            channel_ttl: Duration::from_secs(3600),
+            client_rate: 50,
             log_format: LogFormat::Text,
         }
     }
@@ -99,6 +117,11 @@ pub const KEYS: &[&str] = &[
     "recv-buffer-size",
     "max-subscriptions",
     "max-channels",
+    "history",
+    "history-bytes",
+    "history-total",
+    "channel-ttl",
+    "client-rate",
     "log-format",
 ];
 
@@ -195,6 +218,11 @@ impl ServeConfig {
             "recv-buffer-size" => self.recv_buffer_size = parse_size(value, 512, 1 << 20)? as u32,
             "max-subscriptions" => self.max_subscriptions = parse_count(value, 1, 100_000)?,
             "max-channels" => self.max_channels = parse_count(value, 1, 100_000_000)?,
+            "history" => self.history = parse_count(value, 0, 10_000_000)?,
+            "history-bytes" => self.history_bytes = parse_size(value, 0, 1 << 40)?,
+            "history-total" => self.history_total = parse_size(value, 0, 1 << 44)?,
+            "channel-ttl" => self.channel_ttl = parse_duration(value)?,
+            "client-rate" => self.client_rate = parse_count(value, 1, 1_000_000)? as u32,
             "log-format" => {
                 self.log_format = match value {
                     "text" => LogFormat::Text,
@@ -218,6 +246,9 @@ impl ServeConfig {
         }
         if self.ping_timeout < Duration::from_millis(100) {
             return Err(ConfigError("ping-timeout must be at least 100ms".into()));
+        }
+        if self.channel_ttl < Duration::from_secs(1) {
+            return Err(ConfigError("channel-ttl must be at least 1s".into()));
         }
         if self.handshake_timeout < Duration::from_millis(100) {
             return Err(ConfigError(

@@ -20,10 +20,12 @@ pub enum Counter {
     MessagesFannedOut,
     FramesReceived,
     SlowClientCuts,
+    FramesReplayed,
+    ClientErrors,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 9] = [
+    pub const ALL: [Counter; 11] = [
         Counter::ConnectionsAccepted,
         Counter::HandshakesRejected,
         Counter::HttpRequests,
@@ -33,6 +35,8 @@ impl Counter {
         Counter::MessagesFannedOut,
         Counter::FramesReceived,
         Counter::SlowClientCuts,
+        Counter::FramesReplayed,
+        Counter::ClientErrors,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -69,6 +73,14 @@ impl Counter {
             Counter::FramesReceived => (
                 "ringcast_frames_received_total",
                 "WebSocket messages and control frames received from clients.",
+            ),
+            Counter::FramesReplayed => (
+                "ringcast_frames_replayed_total",
+                "History frames sent to clients resuming with since=.",
+            ),
+            Counter::ClientErrors => (
+                "ringcast_client_errors_total",
+                "Invalid control messages from clients (answered with an error notice).",
             ),
             Counter::SlowClientCuts => (
                 "ringcast_slow_client_disconnects_total",
@@ -132,6 +144,8 @@ pub enum CloseReason {
     MessageTooBig,
     /// Over the high-water mark (4008).
     SlowClient,
+    /// Too many messages, or too many invalid ones (1008).
+    PolicyViolation,
     /// Silent past the ping timeout.
     PingTimeout,
     /// Handshake not completed in time.
@@ -145,13 +159,14 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 11] = [
+    pub const ALL: [CloseReason; 12] = [
         CloseReason::ClientClose,
         CloseReason::HttpDone,
         CloseReason::ProtocolError,
         CloseReason::InvalidUtf8,
         CloseReason::MessageTooBig,
         CloseReason::SlowClient,
+        CloseReason::PolicyViolation,
         CloseReason::PingTimeout,
         CloseReason::HandshakeTimeout,
         CloseReason::PeerGone,
@@ -168,6 +183,7 @@ impl CloseReason {
             CloseReason::InvalidUtf8 => "invalid_utf8",
             CloseReason::MessageTooBig => "message_too_big",
             CloseReason::SlowClient => "slow_client",
+            CloseReason::PolicyViolation => "policy_violation",
             CloseReason::PingTimeout => "ping_timeout",
             CloseReason::HandshakeTimeout => "handshake_timeout",
             CloseReason::PeerGone => "peer_gone",

@@ -13,8 +13,8 @@ use tokio::sync::mpsc;
 
 use crate::config::ServeConfig;
 use crate::feed::envelope::FeedError;
-use crate::feed::registry::Registry;
-use crate::feed::{Distributor, FeedStats, ingest};
+use crate::feed::registry::{HistoryLimits, Registry};
+use crate::feed::{Distributor, FeedStats, HistoryConfig, ingest};
 use crate::metrics::{self, SharedStats};
 use crate::shard::{self, ShardConfig, ShardHandle, ShardMsg};
 
@@ -35,6 +35,9 @@ pub struct Shared {
     pub feed: Arc<FeedStats>,
     /// Inode of the UDP feed socket, to read its kernel drop counter.
     pub udp_inode: AtomicU64,
+    /// Identifies this run of the server (random, new at each start), so
+    /// clients can tell that their seqs belong to an earlier run.
+    pub epoch: String,
 }
 
 impl Shared {
@@ -46,6 +49,7 @@ impl Shared {
             registry: Registry::new(shards, max_channels),
             feed: Arc::new(FeedStats::default()),
             udp_inode: AtomicU64::new(0),
+            epoch: new_epoch(),
         }
     }
 
@@ -117,6 +121,34 @@ impl Shared {
         let name = "ringcast_channels";
         metrics::write_header(out, name, "Channels known to the server.", "gauge");
         let _ = writeln!(out, "{name} {}", self.registry.len());
+        let name = "ringcast_history_bytes";
+        metrics::write_header(
+            out,
+            name,
+            "Bytes held in channel histories (all channels).",
+            "gauge",
+        );
+        let _ = writeln!(out, "{name} {}", feed.history_bytes.load(Relaxed));
+        let name = "ringcast_history_frames";
+        metrics::write_header(
+            out,
+            name,
+            "Frames held in channel histories (all channels).",
+            "gauge",
+        );
+        let _ = writeln!(out, "{name} {}", feed.history_frames.load(Relaxed));
+        let name = "ringcast_history_evicted_by_total_cap_total";
+        metrics::write_header(
+            out,
+            name,
+            "History frames evicted early because all channels together reached --history-total.",
+            "counter",
+        );
+        let _ = writeln!(
+            out,
+            "{name} {}",
+            feed.history_evicted_by_total_cap.load(Relaxed)
+        );
         let name = "ringcast_channel_messages_published_total";
         metrics::write_header(
             out,
@@ -150,6 +182,22 @@ impl Shared {
             .and_then(|cols| cols.get(12)?.parse().ok())
             .unwrap_or(0)
     }
+}
+
+/// 64 random bits in hex, from the kernel's random source.
+fn new_epoch() -> String {
+    let mut bytes = [0u8; 8];
+    // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if n != bytes.len() as isize {
+        // Never expected on Linux 3.17+; time still distinguishes restarts.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        bytes = nanos.to_le_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A start-up failure: printed as is, exit status 1.
@@ -208,6 +256,7 @@ pub fn start(config: &ServeConfig) -> Result<Running, StartError> {
         recv_buffer_size: config.recv_buffer_size,
         max_subscriptions: config.max_subscriptions,
         inbox_capacity: SHARD_INBOX,
+        client_rate: config.client_rate,
     });
     let shared = Arc::new(Shared::new(shard_count, config.max_channels));
     let mut shards = Vec::with_capacity(shard_count);
@@ -298,7 +347,15 @@ pub fn serve(config: ServeConfig) -> Result<(), StartError> {
             tokio::spawn(ingest::run_udp(socket, tx.clone(), max, stats.clone()));
         }
         drop(tx);
-        let distributor = Distributor::new(running.shared.feed.clone(), &running);
+        let history = HistoryConfig {
+            per_channel: HistoryLimits {
+                count: config.history,
+                bytes: config.history_bytes as usize,
+            },
+            total_bytes: config.history_total as usize,
+            channel_ttl: config.channel_ttl,
+        };
+        let distributor = Distributor::new(running.shared.feed.clone(), &running, history);
         tokio::spawn(distributor.run(rx));
         wait_for_signal().await;
         Ok::<(), StartError>(())

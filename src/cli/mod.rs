@@ -97,6 +97,21 @@ pub struct ServeArgs {
     /// Channels the server tracks in all [default: 100000].
     #[arg(long, value_name = "N")]
     pub max_channels: Option<String>,
+    /// Messages kept per channel for `since=` resume; 0 disables [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub history: Option<String>,
+    /// Bytes kept per channel for resume [default: 16MiB].
+    #[arg(long, value_name = "BYTES")]
+    pub history_bytes: Option<String>,
+    /// Bytes of history kept across all channels [default: 512MiB].
+    #[arg(long, value_name = "BYTES")]
+    pub history_total: Option<String>,
+    /// Drop channels idle (no subscriber, no message) this long [default: 1h].
+    #[arg(long, value_name = "DURATION")]
+    pub channel_ttl: Option<String>,
+    /// Messages per second a /ws client may send before it is closed (1008) [default: 50].
+    #[arg(long, value_name = "N")]
+    pub client_rate: Option<String>,
     /// Log format: text or json [default: text].
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<String>,
@@ -121,6 +136,11 @@ impl ServeArgs {
             ("recv-buffer-size", &self.recv_buffer_size),
             ("max-subscriptions", &self.max_subscriptions),
             ("max-channels", &self.max_channels),
+            ("history", &self.history),
+            ("history-bytes", &self.history_bytes),
+            ("history-total", &self.history_total),
+            ("channel-ttl", &self.channel_ttl),
+            ("client-rate", &self.client_rate),
             ("log-format", &self.log_format),
         ];
         let mut given: Vec<(&'static str, String)> = options

@@ -168,7 +168,10 @@ mod tests {
     fn channel_defaults_and_escapes() {
         assert_eq!(parse(br#"{"data":1}"#).unwrap().channel, "default");
         // null counts as left out.
-        assert_eq!(parse(br#"{"channel":null,"data":1}"#).unwrap().channel, "default");
+        assert_eq!(
+            parse(br#"{"channel":null,"data":1}"#).unwrap().channel,
+            "default"
+        );
         // An escaped name is decoded before validation.
         assert_eq!(
             parse(br#"{"channel":"\u0061b","data":1}"#).unwrap().channel,

@@ -10,9 +10,11 @@
 //! counted in `/metrics`).
 
 pub mod envelope;
+pub mod history;
 pub mod ingest;
 pub mod registry;
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -22,11 +24,17 @@ use tokio::sync::mpsc;
 use crate::server::{Running, Shared};
 use crate::shard::Delivery;
 use envelope::FeedError;
+use history::Released;
+use registry::{Channel, HistoryLimits};
 
 /// Feed counters, read by `/metrics` on any thread.
 #[derive(Debug, Default)]
 pub struct FeedStats {
     pub published: AtomicU64,
+    /// Bytes and frames held in channel histories, all channels.
+    pub history_bytes: AtomicU64,
+    pub history_frames: AtomicU64,
+    pub history_evicted_by_total_cap: AtomicU64,
     pub udp_messages: AtomicU64,
     pub unix_messages: AtomicU64,
     pub unix_publishers: AtomicU64,
@@ -82,12 +90,29 @@ pub struct Incoming {
     pub source: &'static str,
 }
 
-/// Owns seq assignment and the hand-off to shards.
+/// History settings of the feed.
+#[derive(Debug, Clone, Copy)]
+pub struct HistoryConfig {
+    pub per_channel: HistoryLimits,
+    /// Cap on all channels' history together.
+    pub total_bytes: usize,
+    /// Channels idle this long with no subscriber are dropped.
+    pub channel_ttl: Duration,
+}
+
+/// Owns seq assignment, the histories' global bound, and the hand-off to shards.
 pub struct Distributor {
     shared: Arc<Shared>,
     stats: Arc<FeedStats>,
     shards: Vec<ShardLink>,
     log: RateLimitedLog,
+    history: HistoryConfig,
+    /// Every retained frame, in publish order: the global cap evicts from the
+    /// front (the oldest anywhere). Entries already trimmed by a channel's
+    /// own limits are skipped when reached, and compacted away in bulk.
+    retained: VecDeque<(Arc<Channel>, u64)>,
+    retained_bytes: usize,
+    retained_frames: usize,
 }
 
 struct ShardLink {
@@ -103,10 +128,14 @@ struct ShardLink {
 const BATCH: usize = 256;
 
 impl Distributor {
-    pub fn new(stats: Arc<FeedStats>, running: &Running) -> Self {
+    pub fn new(stats: Arc<FeedStats>, running: &Running, history: HistoryConfig) -> Self {
         Distributor {
             shared: running.shared.clone(),
             stats,
+            history,
+            retained: VecDeque::new(),
+            retained_bytes: 0,
+            retained_frames: 0,
             shards: running
                 .shards
                 .iter()
@@ -124,12 +153,71 @@ impl Distributor {
     /// Runs until every ingest task is gone.
     pub async fn run(mut self, mut incoming: mpsc::Receiver<Incoming>) {
         let mut batch = Vec::with_capacity(BATCH);
-        while incoming.recv_many(&mut batch, BATCH).await > 0 {
-            for message in batch.drain(..) {
-                self.publish(&message).await;
+        let ttl = self.history.channel_ttl;
+        let mut sweep =
+            tokio::time::interval((ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(60)));
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                n = incoming.recv_many(&mut batch, BATCH) => {
+                    if n == 0 {
+                        return;
+                    }
+                    for message in batch.drain(..) {
+                        self.publish(&message).await;
+                    }
+                    self.wake_shards();
+                }
+                _ = sweep.tick() => {
+                    let released = self.shared.registry.sweep(ttl.as_millis() as u64);
+                    self.forget(released);
+                    self.publish_history_stats();
+                }
             }
-            self.wake_shards();
         }
+    }
+
+    /// Accounts for a frame just added to `channel`'s history, and evicts
+    /// the oldest frames anywhere while over the global cap.
+    fn retain(&mut self, channel: &Arc<Channel>, seq: u64, len: usize, evicted: Released) {
+        if self.history.per_channel.count == 0 {
+            return;
+        }
+        self.retained.push_back((channel.clone(), seq));
+        self.retained_bytes += len;
+        self.retained_frames += 1;
+        self.forget(evicted);
+        while self.retained_bytes > self.history.total_bytes {
+            let Some((ch, seq)) = self.retained.pop_front() else {
+                break;
+            };
+            let released = ch.history().evict_if_oldest(seq);
+            if released.frames > 0 {
+                self.stats
+                    .history_evicted_by_total_cap
+                    .fetch_add(1, Relaxed);
+            }
+            self.forget(released);
+        }
+        if self.retained.len() > 2 * self.retained_frames + 1024 {
+            // Mostly stale entries: keep only frames still in a history.
+            self.retained
+                .retain(|(ch, seq)| ch.history().oldest().is_some_and(|o| o <= *seq));
+        }
+    }
+
+    fn forget(&mut self, released: Released) {
+        self.retained_bytes = self.retained_bytes.saturating_sub(released.bytes);
+        self.retained_frames = self.retained_frames.saturating_sub(released.frames);
+    }
+
+    fn publish_history_stats(&self) {
+        self.stats
+            .history_bytes
+            .store(self.retained_bytes as u64, Relaxed);
+        self.stats
+            .history_frames
+            .store(self.retained_frames as u64, Relaxed);
     }
 
     async fn publish(&mut self, message: &Incoming) {
@@ -141,8 +229,11 @@ impl Distributor {
             Ok(c) => c,
             Err(_) => return self.refuse(FeedError::TooManyChannels, message),
         };
-        let seq = channel.next_seq();
-        let frame = envelope::encode_frame(&channel.name, seq, env.data);
+        let now = self.shared.registry.now_ms();
+        let (seq, frame, evicted) = channel.publish(self.history.per_channel, now, |seq| {
+            envelope::encode_frame(&channel.name, seq, env.data)
+        });
+        self.retain(&channel, seq, frame.len(), evicted);
         self.stats.published.fetch_add(1, Relaxed);
         for link in &mut self.shards {
             if !channel.is_interested(link.index) {
@@ -169,6 +260,7 @@ impl Distributor {
     }
 
     fn wake_shards(&mut self) {
+        self.publish_history_stats();
         for link in &mut self.shards {
             if std::mem::take(&mut link.unwoken) {
                 link.waker.wake();

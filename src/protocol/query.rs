@@ -1,4 +1,5 @@
-//! The `/ws` query string: which channels to subscribe to. Pure.
+//! The `/ws` query string: which channels to subscribe to, and where to
+//! resume them from. Pure.
 
 use crate::feed::envelope::{DEFAULT_CHANNEL, MAX_CHANNEL_NAME, is_valid_channel_name};
 
@@ -7,14 +8,20 @@ use crate::feed::envelope::{DEFAULT_CHANNEL, MAX_CHANNEL_NAME, is_valid_channel_
 pub struct WsQuery {
     /// Channels to subscribe to, deduplicated, in the order given.
     pub channels: Vec<String>,
+    /// Resume points: deliver what came after this seq, per channel.
+    pub since: Vec<(String, u64)>,
 }
 
-/// Parses `channels=a,b` (percent-encoding allowed). No `channels` parameter
-/// means `["default"]`; an empty one means none (subscribe later).
+/// Parses `channels=a,b` (percent-encoding allowed) and `since=41` (one
+/// channel) or `since=a:41,b:7`. No `channels` parameter means
+/// `["default"]`; an empty one means none (subscribe later).
 pub fn parse_ws_query(query: &str, max_channels: usize) -> Result<WsQuery, String> {
     let mut channels: Option<Vec<String>> = None;
+    let mut since_text: Option<String> = None;
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
-        if key == "channels" {
+        if key == "since" {
+            since_text = Some(value.into_owned());
+        } else if key == "channels" {
             let list = channels.get_or_insert_with(Vec::new);
             for name in value.split(',').filter(|n| !n.is_empty()) {
                 if !is_valid_channel_name(name) {
@@ -36,7 +43,39 @@ pub fn parse_ws_query(query: &str, max_channels: usize) -> Result<WsQuery, Strin
             channels.len()
         ));
     }
-    Ok(WsQuery { channels })
+    let since = match since_text {
+        None => Vec::new(),
+        Some(text) => parse_since(&text, &channels)?,
+    };
+    Ok(WsQuery { channels, since })
+}
+
+fn parse_since(text: &str, channels: &[String]) -> Result<Vec<(String, u64)>, String> {
+    let seq = |s: &str| {
+        s.parse::<u64>()
+            .map_err(|_| format!("invalid since value '{s}': expected a seq number"))
+    };
+    if !text.contains(':') {
+        return match channels {
+            [only] => Ok(vec![(only.clone(), seq(text)?)]),
+            _ => Err(
+                "since=N needs exactly one channel; with several, use since=a:41,b:7".to_owned(),
+            ),
+        };
+    }
+    let mut since = Vec::new();
+    for pair in text.split(',').filter(|p| !p.is_empty()) {
+        let (name, n) = pair
+            .rsplit_once(':')
+            .ok_or_else(|| format!("invalid since entry '{pair}': expected channel:seq"))?;
+        if !channels.iter().any(|c| c == name) {
+            return Err(format!(
+                "since names channel '{name}', which is not in channels"
+            ));
+        }
+        since.push((name.to_owned(), seq(n)?));
+    }
+    Ok(since)
 }
 
 #[cfg(test)]
@@ -62,5 +101,38 @@ mod tests {
                 .unwrap_err()
                 .contains("too many")
         );
+    }
+
+    #[test]
+    fn since() {
+        let s = |q: &str| parse_ws_query(q, 10).map(|q| q.since);
+        assert_eq!(s("channels=a&since=41").unwrap(), vec![("a".into(), 41)]);
+        assert_eq!(s("since=3").unwrap(), vec![("default".into(), 3)]);
+        // Channel names may contain ':' themselves: the seq is after the last one.
+        assert_eq!(
+            s("channels=a,x:y&since=a:41,x:y:7").unwrap(),
+            vec![("a".into(), 41), ("x:y".into(), 7)]
+        );
+        assert!(
+            s("channels=a,b&since=4")
+                .unwrap_err()
+                .contains("exactly one channel")
+        );
+        assert!(
+            s("channels=a&since=b:4")
+                .unwrap_err()
+                .contains("not in channels")
+        );
+        assert!(
+            s("channels=a&since=-1")
+                .unwrap_err()
+                .contains("invalid since")
+        );
+        assert!(
+            s("channels=a&since=a:x")
+                .unwrap_err()
+                .contains("invalid since")
+        );
+        assert!(s("channels=a").unwrap().is_empty());
     }
 }

@@ -12,7 +12,11 @@
 mod bufring;
 mod conn;
 mod driver;
+mod fanout;
+mod http;
 mod outqueue;
+mod send;
+mod session;
 mod timer;
 
 use std::collections::HashMap;
@@ -25,6 +29,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use crate::feed::envelope::is_valid_channel_name;
 use crate::feed::registry::Channel;
 use crate::metrics::{CloseReason, Counter, Gauge, LocalStats};
 use crate::protocol::frame::{OpCode, encode_close_frame, encode_server_frame};
@@ -35,8 +40,9 @@ use crate::protocol::query::parse_ws_query;
 use crate::protocol::reader::{Event, Flow, FrameReader, Violation};
 use crate::server::Shared;
 
-use conn::{Conn, Endpoint, Input, Phase, Slab, Subscription};
+use conn::{Conn, Endpoint, Input, PENDING, Phase, ReplayCursor, Slab, Subscription};
 use driver::{Completion, Driver, MAX_IOVECS_PER_SEND, Op};
+use fanout::Ack;
 use outqueue::FrameRef;
 use timer::{TimerEntry, TimerWheel};
 
@@ -56,6 +62,8 @@ pub struct ShardConfig {
     pub recv_buffer_size: u32,
     pub max_subscriptions: usize,
     pub inbox_capacity: usize,
+    /// Messages per second a `/ws` client may send.
+    pub client_rate: u32,
 }
 
 /// A channel message for a shard: the frame, encoded once by the feed and
@@ -202,7 +210,11 @@ struct Inboxes {
 /// A channel as one shard sees it: its local subscribers.
 struct ShardChannel {
     channel: Arc<Channel>,
+    /// Live subscribers: every new message is queued to each.
     subscribers: Vec<u32>,
+    /// Connections catching up (resume) or waiting for the shard to reach
+    /// the seq they start at; see `fanout`.
+    pending: Vec<u32>,
     /// Highest seq fanned out here; anything at or below is skipped.
     delivered_seq: u64,
 }
@@ -516,456 +528,6 @@ impl Shard {
         self.release(slot, false, reason);
     }
 
-    // ----- HTTP -----
-
-    fn on_head_bytes(&mut self, slot: u32, data: &[u8]) {
-        let Some(conn) = self.conns.get_mut(slot) else {
-            return;
-        };
-        let Input::Head(buf) = &mut conn.input else {
-            return;
-        };
-        buf.extend_from_slice(data);
-        match parse_request_head(buf) {
-            Ok(None) => {}
-            Err(e) => self.reject(slot, e.response()),
-            Ok(Some((head, len))) => {
-                let buf = std::mem::take(buf);
-                self.on_request(slot, &head, &buf[len..]);
-            }
-        }
-    }
-
-    fn on_request(&mut self, slot: u32, head: &RequestHead, rest: &[u8]) {
-        match head.path.as_str() {
-            "/ws" => self.upgrade(slot, head, Endpoint::Subscriber, rest),
-            "/echo" if self.config.echo => self.upgrade(slot, head, Endpoint::Echo, rest),
-            path => {
-                self.stats.add(Counter::HttpRequests, 1);
-                let response = if head.method != "GET" && head.method != "HEAD" {
-                    http_response(
-                        405,
-                        "text/plain",
-                        b"only GET is supported\n",
-                        &[("Allow", "GET")],
-                    )
-                } else {
-                    match path {
-                        "/healthz" => {
-                            if self.shared.draining.load(Ordering::Relaxed) {
-                                http_response(503, "text/plain", b"draining\n", &[])
-                            } else {
-                                http_response(200, "text/plain", b"ok\n", &[])
-                            }
-                        }
-                        "/metrics" => {
-                            // This shard's own figures are published first so
-                            // the page is current for the shard answering.
-                            self.publish_stats();
-                            let body = self.shared.render_metrics();
-                            http_response(200, "text/plain; version=0.0.4", body.as_bytes(), &[])
-                        }
-                        "/" => http_response(200, "text/plain", INDEX_TEXT.as_bytes(), &[]),
-                        _ => http_response(404, "text/plain", b"not found\n", &[]),
-                    }
-                };
-                let response = if head.method == "HEAD" {
-                    head_only(response)
-                } else {
-                    response
-                };
-                self.respond_and_close(slot, response);
-            }
-        }
-    }
-
-    fn respond_and_close(&mut self, slot: u32, response: Vec<u8>) {
-        if let Some(conn) = self.conns.get_mut(slot) {
-            conn.endpoint = Endpoint::Http;
-        }
-        self.close_with(slot, Some(Bytes::from(response)), CloseReason::HttpDone);
-    }
-
-    fn upgrade(&mut self, slot: u32, head: &RequestHead, endpoint: Endpoint, rest: &[u8]) {
-        let accept = match validate_upgrade(head) {
-            Ok(accept) => accept,
-            Err(rejection) => return self.reject(slot, rejection.response()),
-        };
-        let channels = if endpoint == Endpoint::Subscriber {
-            match parse_ws_query(&head.query, self.config.max_subscriptions) {
-                Ok(q) => q.channels,
-                Err(why) => {
-                    let body = format!("{why}\n");
-                    return self
-                        .reject(slot, http_response(400, "text/plain", body.as_bytes(), &[]));
-                }
-            }
-        } else {
-            Vec::new()
-        };
-        let limit = match endpoint {
-            Endpoint::Echo => self.config.echo_max_message,
-            _ => self.config.max_message,
-        };
-        let Some(conn) = self.conns.get_mut(slot) else {
-            return;
-        };
-        conn.endpoint = endpoint;
-        conn.phase = Phase::Open;
-        conn.input = Input::Frames(Box::new(FrameReader::new(limit)));
-        let response = Bytes::from(switching_protocols(&accept, None));
-        self.enqueue(slot, Rc::new(response));
-        for name in &channels {
-            if self.subscribe(slot, name).is_err() {
-                let frame =
-                    encode_close_frame(1013, "server channel limit reached; try again later");
-                self.close_with(slot, Some(frame), CloseReason::Error);
-                return;
-            }
-        }
-        let deadline = self.now_ms + self.config.ping_interval.as_millis() as u64;
-        self.set_deadline(slot, deadline);
-        if !rest.is_empty() {
-            // Frames pipelined behind the request head.
-            self.on_frames(slot, rest);
-        }
-    }
-
-    fn reject(&mut self, slot: u32, response: Vec<u8>) {
-        self.stats.add(Counter::HandshakesRejected, 1);
-        self.respond_and_close(slot, response);
-    }
-
-    // ----- channels -----
-
-    /// Adds the connection to `name`'s subscribers on this shard.
-    fn subscribe(
-        &mut self,
-        slot: u32,
-        name: &str,
-    ) -> Result<(), crate::feed::registry::TooManyChannels> {
-        let channel = self.shared.registry.get_or_create(name)?;
-        let local = match self.channel_slots.get(&channel.id) {
-            Some(&local) => local,
-            None => {
-                // Interest first, then the current seq: see feed::registry.
-                channel.set_interest(self.index, true);
-                let delivered_seq = channel.last_seq();
-                let id = channel.id;
-                let local = self.channels.insert(ShardChannel {
-                    channel,
-                    subscribers: Vec::new(),
-                    delivered_seq,
-                });
-                self.channel_slots.insert(id, local);
-                local
-            }
-        };
-        let Some(conn) = self.conns.get_mut(slot) else {
-            return Ok(());
-        };
-        if conn.subs.iter().any(|s| s.channel == local) {
-            return Ok(());
-        }
-        let Some(ch) = self.channels.get_mut(local) else {
-            return Ok(());
-        };
-        conn.subs.push(Subscription {
-            channel: local,
-            position: ch.subscribers.len() as u32,
-        });
-        ch.subscribers.push(slot);
-        self.subscriptions += 1;
-        Ok(())
-    }
-
-    fn unsubscribe_all(&mut self, slot: u32) {
-        let Some(conn) = self.conns.get_mut(slot) else {
-            return;
-        };
-        for sub in std::mem::take(&mut conn.subs) {
-            self.remove_subscriber(sub);
-        }
-    }
-
-    /// Removes one subscriber in O(1): the last one takes its place.
-    fn remove_subscriber(&mut self, sub: Subscription) {
-        let Some(ch) = self.channels.get_mut(sub.channel) else {
-            return;
-        };
-        let position = sub.position as usize;
-        ch.subscribers.swap_remove(position);
-        self.subscriptions -= 1;
-        if let Some(&moved) = ch.subscribers.get(position)
-            && let Some(conn) = self.conns.get_mut(moved)
-            && let Some(s) = conn.subs.iter_mut().find(|s| s.channel == sub.channel)
-        {
-            s.position = sub.position;
-        }
-        if ch.subscribers.is_empty() {
-            ch.channel.set_interest(self.index, false);
-            let id = ch.channel.id;
-            self.channel_slots.remove(&id);
-            self.channels.remove(sub.channel);
-        }
-    }
-
-    /// Fans one channel message out to this shard's subscribers: per
-    /// subscriber, a reference-count increment (not atomic), a queue push
-    /// and a counter; sends start at the end of the loop iteration.
-    fn deliver(&mut self, delivery: Delivery) {
-        let Some(&local) = self.channel_slots.get(&delivery.channel) else {
-            return;
-        };
-        let Some(ch) = self.channels.get_mut(local) else {
-            return;
-        };
-        if delivery.seq <= ch.delivered_seq {
-            return;
-        }
-        ch.delivered_seq = delivery.seq;
-        let len = delivery.frame.len() as u64;
-        let frame: FrameRef = Rc::new(delivery.frame);
-        let high_water = self.config.high_water;
-        let mut peak = self.stats.gauge(Gauge::QueuedBytesPeak);
-        for &slot in &ch.subscribers {
-            let Some(conn) = self.conns.get_mut(slot) else {
-                continue;
-            };
-            conn.out.push(frame.clone());
-            let queued = conn.out.queued_bytes();
-            peak = peak.max(queued);
-            if queued > high_water {
-                self.slow.push(slot);
-            }
-            if !conn.flush_pending {
-                conn.flush_pending = true;
-                self.flush_list.push(slot);
-            }
-        }
-        let n = ch.subscribers.len() as u64;
-        self.stats.add(Counter::MessagesFannedOut, 1);
-        self.stats.add(Counter::FramesDelivered, n);
-        self.stats.set(Gauge::QueuedBytesPeak, peak);
-        let total = self.stats.gauge(Gauge::QueuedBytes) + n * len;
-        self.stats.set(Gauge::QueuedBytes, total);
-        while let Some(slot) = self.slow.pop() {
-            self.cut_slow_client(slot);
-        }
-    }
-
-    // ----- WebSocket frames -----
-
-    fn on_frames(&mut self, slot: u32, data: &[u8]) {
-        let Some(conn) = self.conns.get_mut(slot) else {
-            return;
-        };
-        let Input::Frames(reader) = &mut conn.input else {
-            return;
-        };
-        let echo = conn.endpoint == Endpoint::Echo;
-        let out = &mut conn.out;
-        let mut queued = 0u64;
-        let mut received = 0u64;
-        let mut client_close: Option<Option<u16>> = None;
-        let result = reader.feed(data, &mut |event| {
-            received += 1;
-            match event {
-                Event::Message { binary, payload } => {
-                    if echo {
-                        let op = if binary { OpCode::Binary } else { OpCode::Text };
-                        queued += push_message(out, op, payload);
-                    }
-                    Flow::Continue
-                }
-                Event::Ping(payload) => {
-                    queued += out.push(Rc::new(encode_server_frame(OpCode::Pong, payload)));
-                    Flow::Continue
-                }
-                Event::Pong(_) => Flow::Continue,
-                Event::Close { code, .. } => {
-                    client_close = Some(code);
-                    Flow::Stop
-                }
-            }
-        });
-        self.stats.add(Counter::FramesReceived, received);
-        self.note_queued(slot, queued);
-        match (result, client_close) {
-            (Err(violation), _) => self.fail(slot, violation),
-            (Ok(_), Some(code)) => {
-                // Echo the status code (RFC 6455 §5.5.1), or an empty close.
-                let reply = match code {
-                    Some(code) => encode_close_frame(code, ""),
-                    None => encode_server_frame(OpCode::Close, b""),
-                };
-                self.close_with(slot, Some(reply), CloseReason::ClientClose);
-            }
-            (Ok(_), None) => self.schedule_flush(slot),
-        }
-    }
-
-    fn fail(&mut self, slot: u32, violation: Violation) {
-        let reason = match violation {
-            Violation::Protocol(_) => CloseReason::ProtocolError,
-            Violation::InvalidUtf8 => CloseReason::InvalidUtf8,
-            Violation::TooBig => CloseReason::MessageTooBig,
-        };
-        let frame = encode_close_frame(violation.close_code(), violation.reason());
-        self.close_with(slot, Some(frame), reason);
-    }
-
-    // ----- sending -----
-
-    fn enqueue(&mut self, slot: u32, frame: FrameRef) {
-        let Some(conn) = self.conns.get_mut(slot) else {
-            return;
-        };
-        let n = conn.out.push(frame);
-        self.note_queued(slot, n);
-        self.schedule_flush(slot);
-    }
-
-    /// Accounts for `n` bytes just queued on `slot`, and cuts the client if
-    /// its queue is now over the high-water mark.
-    fn note_queued(&mut self, slot: u32, n: u64) {
-        if n == 0 {
-            return;
-        }
-        let total = self.stats.gauge(Gauge::QueuedBytes) + n;
-        self.stats.set(Gauge::QueuedBytes, total);
-        let Some(conn) = self.conns.get(slot) else {
-            return;
-        };
-        let queued = conn.out.queued_bytes();
-        if queued > self.stats.gauge(Gauge::QueuedBytesPeak) {
-            self.stats.set(Gauge::QueuedBytesPeak, queued);
-        }
-        if queued > self.high_water_of(conn.endpoint) && !conn.is_closing() {
-            self.cut_slow_client(slot);
-        }
-    }
-
-    /// Queue limit of a connection. `/echo` may legitimately hold a couple of
-    /// its (large) messages, so its limit follows its message limit.
-    fn high_water_of(&self, endpoint: Endpoint) -> u64 {
-        match endpoint {
-            Endpoint::Echo => self
-                .config
-                .high_water
-                .max(2 * self.config.echo_max_message as u64 + 64),
-            _ => self.config.high_water,
-        }
-    }
-
-    /// The client fell too far behind: free its backlog at once, send 4008
-    /// if the socket still takes it, and reset it after the close grace.
-    fn cut_slow_client(&mut self, slot: u32) {
-        let Some(endpoint) = self.conns.get(slot).map(|c| c.endpoint) else {
-            return;
-        };
-        let limit = self.high_water_of(endpoint);
-        let Some(conn) = self.conns.get_mut(slot) else {
-            return;
-        };
-        let released = conn.out.drop_unsent();
-        self.note_unqueued(released);
-        self.stats.add(Counter::SlowClientCuts, 1);
-        let reason = format!(
-            "slow consumer: more than {limit} bytes queued; reconnect with since= to resume"
-        );
-        self.close_with(
-            slot,
-            Some(encode_close_frame(4008, &reason)),
-            CloseReason::SlowClient,
-        );
-    }
-
-    fn note_unqueued(&mut self, n: u64) {
-        let total = self.stats.gauge(Gauge::QueuedBytes).saturating_sub(n);
-        self.stats.set(Gauge::QueuedBytes, total);
-    }
-
-    fn schedule_flush(&mut self, slot: u32) {
-        if let Some(conn) = self.conns.get_mut(slot)
-            && !conn.flush_pending
-        {
-            conn.flush_pending = true;
-            self.flush_list.push(slot);
-        }
-    }
-
-    fn flush_all(&mut self) {
-        let list = std::mem::take(&mut self.flush_list);
-        for &slot in &list {
-            self.flush(slot);
-        }
-        self.flush_list = list;
-        self.flush_list.clear();
-    }
-
-    /// Starts a send of everything queued, unless one is in flight (its
-    /// completion will start the next). With nothing left to send, a closing
-    /// connection moves on to shutting down its write side.
-    fn flush(&mut self, slot: u32) {
-        let Some(conn) = self.conns.get_mut(slot) else {
-            return;
-        };
-        conn.flush_pending = false;
-        if conn.phase == Phase::Releasing || conn.out.send_in_flight() {
-            return;
-        }
-        if !conn.out.is_empty() {
-            conn.out.start_send(MAX_IOVECS_PER_SEND, &mut self.iov);
-            let (fd, generation) = (conn.fd, conn.generation);
-            // SAFETY: the iovecs point into frames held by `conn.out` until
-            // this send completes (`sent`) or is abandoned after its
-            // completion arrives; the connection is not freed while a send
-            // is in flight (see `try_finish`).
-            let r = unsafe { self.driver.send(fd, slot, generation, &self.iov) };
-            if r.is_err() {
-                if let Some(conn) = self.conns.get_mut(slot) {
-                    conn.out.abandon_in_flight();
-                }
-                self.release(slot, true, CloseReason::Error);
-                return;
-            }
-            self.stats.add(Counter::SendCalls, 1);
-            return;
-        }
-        conn.out.shrink_if_idle();
-        if conn.phase == Phase::Closing {
-            self.linger(slot);
-        }
-    }
-
-    fn on_send(&mut self, c: Completion) {
-        let Some(conn) = self
-            .conns
-            .get_mut(c.slot)
-            .filter(|conn| c.matches_generation(conn.generation))
-        else {
-            return;
-        };
-        let releasing = conn.phase == Phase::Releasing;
-        if c.result >= 0 {
-            let n = c.result as usize;
-            conn.out.sent(n);
-            self.stats.add(Counter::BytesSent, n as u64);
-            self.note_unqueued(n as u64);
-        } else {
-            conn.out.abandon_in_flight();
-        }
-        if releasing {
-            self.try_finish(c.slot);
-        } else if c.result >= 0 {
-            // Whatever was queued during the send leaves now, in one go.
-            self.flush(c.slot);
-        } else {
-            self.release(c.slot, true, CloseReason::PeerGone);
-        }
-    }
-
     // ----- closing -----
 
     /// Queues `last` (a close frame or final HTTP response), stops reading
@@ -1192,32 +754,6 @@ impl Drop for Shard {
             }
         }
     }
-}
-
-const INDEX_TEXT: &str = concat!(
-    "ringcast ",
-    env!("CARGO_PKG_VERSION"),
-    "\nWebSocket: GET /ws?channels=a,b\nHealth: GET /healthz\nMetrics: GET /metrics\n"
-);
-
-/// Queues a whole message as one frame. Big payloads are not copied: the
-/// header and the payload buffer are queued as two pieces.
-fn push_message(out: &mut outqueue::OutQueue, op: OpCode, payload: &mut Vec<u8>) -> u64 {
-    if payload.len() <= 4096 {
-        return out.push(Rc::new(encode_server_frame(op, payload)));
-    }
-    let mut header = [0u8; crate::protocol::frame::MAX_SERVER_HEADER];
-    let n = crate::protocol::frame::write_server_header(&mut header, true, op, payload.len());
-    let head = out.push(Rc::new(Bytes::copy_from_slice(&header[..n])));
-    head + out.push(Rc::new(Bytes::from(std::mem::take(payload))))
-}
-
-/// Strips the body from a response (for HEAD requests).
-fn head_only(mut response: Vec<u8>) -> Vec<u8> {
-    if let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") {
-        response.truncate(end + 4);
-    }
-    response
 }
 
 fn set_nodelay(fd: RawFd) {

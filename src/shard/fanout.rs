@@ -1,0 +1,366 @@
+//! Channels on a shard: subscribing (with resume), leaving, fanning a
+//! message out, and replaying history to clients that resume.
+//!
+//! Every subscription starts at a cursor: the next seq the client should get
+//! (`since + 1`, or the channel's current seq + 1). The shard tracks, per
+//! channel, the last seq it fanned out (`delivered_seq`). A connection is
+//! on the live subscriber list exactly when its cursor is `delivered_seq + 1`;
+//! until then it is *pending*: behind (it is fed from the history, a batch
+//! at a time as its queue drains, so a long replay never trips the
+//! high-water mark) or ahead (it waits for the shard to catch up). This makes
+//! the switch from replay to live exact: no gap, no duplicate, whatever is
+//! published meanwhile.
+
+use super::*;
+
+use crate::feed::history::Replay;
+use crate::feed::registry::TooManyChannels;
+use crate::protocol::control;
+
+/// Bytes of history copied into a connection's queue per refill.
+const REPLAY_BATCH_BYTES: usize = 256 * 1024;
+
+/// What a subscribe found, for the notices the caller sends.
+pub(super) struct Subscribed {
+    /// The channel's seq at the time of subscribing.
+    pub current: u64,
+    /// The client's `since` was ahead of the channel: it has been reset.
+    pub reset: bool,
+}
+
+/// Which notice acknowledges a set of subscriptions.
+pub(super) enum Ack {
+    /// On connect: `welcome`, with the server's epoch.
+    Welcome,
+    /// After a `subscribe` message.
+    Subscribed,
+}
+
+impl Shard {
+    /// Subscribes to `channels` (each from `since(name)`, or from now), then
+    /// queues the acknowledgement with every channel's current seq, a reset
+    /// notice for each `since` ahead of its channel, and the first replay
+    /// batch, in that order.
+    pub(super) fn subscribe_and_notify(
+        &mut self,
+        slot: u32,
+        channels: &[String],
+        since: &dyn Fn(&str) -> Option<u64>,
+        ack: Ack,
+    ) -> Result<(), TooManyChannels> {
+        let mut currents = Vec::with_capacity(channels.len());
+        let mut resets = Vec::new();
+        for name in channels {
+            let s = self.subscribe(slot, name, since(name))?;
+            currents.push((name.as_str(), s.current));
+            if s.reset {
+                resets.push(control::reset(name, s.current));
+            }
+        }
+        let ack = match ack {
+            Ack::Welcome => control::welcome(&self.shared.epoch, &currents),
+            Ack::Subscribed => control::subscribed(&currents),
+        };
+        self.enqueue_text(slot, &ack);
+        for notice in resets {
+            self.enqueue_text(slot, &notice);
+        }
+        self.refill(slot);
+        Ok(())
+    }
+
+    /// Subscribes `slot` to `name` from `since` (or from now). Notices and
+    /// replayed frames are left to the caller (see [`Shard::refill`]), so
+    /// that they follow its welcome or acknowledgement.
+    pub(super) fn subscribe(
+        &mut self,
+        slot: u32,
+        name: &str,
+        since: Option<u64>,
+    ) -> Result<Subscribed, TooManyChannels> {
+        let channel = self.shared.registry.subscribe(name, self.index)?;
+        let local = match self.channel_slots.get(&channel.id) {
+            Some(&local) => local,
+            None => {
+                // Interest is up (registry.subscribe); only now read the seq.
+                let delivered_seq = channel.last_seq();
+                let id = channel.id;
+                let local = self.channels.insert(ShardChannel {
+                    channel,
+                    subscribers: Vec::new(),
+                    pending: Vec::new(),
+                    delivered_seq,
+                });
+                self.channel_slots.insert(id, local);
+                local
+            }
+        };
+        let Some(ch) = self.channels.get_mut(local) else {
+            return Err(TooManyChannels);
+        };
+        let current = ch.channel.last_seq();
+        let reset = since.is_some_and(|s| s > current);
+        let cursor = match since {
+            Some(s) if !reset => s + 1,
+            _ => current + 1,
+        };
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return Ok(Subscribed { current, reset });
+        };
+        if conn.subs.iter().any(|s| s.channel == local) {
+            return Ok(Subscribed { current, reset });
+        }
+        self.subscriptions += 1;
+        if cursor == ch.delivered_seq + 1 {
+            conn.subs.push(Subscription {
+                channel: local,
+                position: ch.subscribers.len() as u32,
+            });
+            ch.subscribers.push(slot);
+        } else {
+            conn.subs.push(Subscription {
+                channel: local,
+                position: PENDING,
+            });
+            conn.replay
+                .get_or_insert_with(Default::default)
+                .push(ReplayCursor {
+                    channel: local,
+                    next: cursor,
+                });
+            ch.pending.push(slot);
+        }
+        Ok(Subscribed { current, reset })
+    }
+
+    /// Leaves one channel, by its name; false if not subscribed.
+    pub(super) fn unsubscribe(&mut self, slot: u32, name: &str) -> bool {
+        let Some(channel) = self.shared.registry.get(name) else {
+            return false;
+        };
+        let Some(&local) = self.channel_slots.get(&channel.id) else {
+            return false;
+        };
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return false;
+        };
+        let Some(i) = conn.subs.iter().position(|s| s.channel == local) else {
+            return false;
+        };
+        let sub = conn.subs.swap_remove(i);
+        self.remove_subscription(slot, sub);
+        true
+    }
+
+    pub(super) fn unsubscribe_all(&mut self, slot: u32) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        for sub in std::mem::take(&mut conn.subs) {
+            self.remove_subscription(slot, sub);
+        }
+    }
+
+    /// Removes one subscription (already taken out of the connection's list)
+    /// in O(1) for live subscribers: the last one takes its place.
+    fn remove_subscription(&mut self, slot: u32, sub: Subscription) {
+        let Some(ch) = self.channels.get_mut(sub.channel) else {
+            return;
+        };
+        self.subscriptions -= 1;
+        if sub.position == PENDING {
+            ch.pending.retain(|&s| s != slot);
+            if let Some(conn) = self.conns.get_mut(slot) {
+                drop_cursor(conn, sub.channel);
+            }
+        } else {
+            let position = sub.position as usize;
+            ch.subscribers.swap_remove(position);
+            if let Some(&moved) = ch.subscribers.get(position)
+                && let Some(conn) = self.conns.get_mut(moved)
+                && let Some(s) = conn.subs.iter_mut().find(|s| s.channel == sub.channel)
+            {
+                s.position = sub.position;
+            }
+        }
+        if ch.subscribers.is_empty() && ch.pending.is_empty() {
+            ch.channel.set_interest(self.index, false);
+            let id = ch.channel.id;
+            self.channel_slots.remove(&id);
+            self.channels.remove(sub.channel);
+        }
+    }
+
+    /// Fans one channel message out to this shard's subscribers: per
+    /// subscriber, a reference-count increment (not atomic), a queue push
+    /// and a counter; sends start at the end of the loop iteration.
+    pub(super) fn deliver(&mut self, delivery: Delivery) {
+        let Some(&local) = self.channel_slots.get(&delivery.channel) else {
+            return;
+        };
+        let Some(ch) = self.channels.get_mut(local) else {
+            return;
+        };
+        if delivery.seq <= ch.delivered_seq {
+            return;
+        }
+        ch.delivered_seq = delivery.seq;
+        let len = delivery.frame.len() as u64;
+        let frame: FrameRef = Rc::new(delivery.frame);
+        let high_water = self.config.high_water;
+        let mut peak = self.stats.gauge(Gauge::QueuedBytesPeak);
+        for &slot in &ch.subscribers {
+            let Some(conn) = self.conns.get_mut(slot) else {
+                continue;
+            };
+            conn.out.push(frame.clone());
+            let queued = conn.out.queued_bytes();
+            peak = peak.max(queued);
+            if queued > high_water {
+                self.slow.push(slot);
+            }
+            if !conn.flush_pending {
+                conn.flush_pending = true;
+                self.flush_list.push(slot);
+            }
+        }
+        let n = ch.subscribers.len() as u64;
+        let has_pending = !ch.pending.is_empty();
+        self.stats.add(Counter::MessagesFannedOut, 1);
+        self.stats.add(Counter::FramesDelivered, n);
+        self.stats.set(Gauge::QueuedBytesPeak, peak);
+        let total = self.stats.gauge(Gauge::QueuedBytes) + n * len;
+        self.stats.set(Gauge::QueuedBytes, total);
+        if has_pending {
+            self.advance_pending(local, delivery.seq, &frame);
+        }
+        while let Some(slot) = self.slow.pop() {
+            self.cut_slow_client(slot);
+        }
+    }
+
+    /// After message `seq` was fanned out: a pending connection whose cursor
+    /// was exactly `seq` takes it; any whose cursor is now `seq + 1` joins.
+    fn advance_pending(&mut self, local: u32, seq: u64, frame: &FrameRef) {
+        let Some(ch) = self.channels.get(local) else {
+            return;
+        };
+        let waiting: Vec<u32> = ch.pending.clone();
+        for slot in waiting {
+            let Some(conn) = self.conns.get_mut(slot) else {
+                continue;
+            };
+            let Some(next) = cursor_of(conn, local) else {
+                continue;
+            };
+            if next == seq {
+                let n = conn.out.push(frame.clone());
+                set_cursor(conn, local, seq + 1);
+                self.stats.add(Counter::FramesDelivered, 1);
+                self.note_queued(slot, n);
+                self.schedule_flush(slot);
+                self.join_live(slot, local);
+            } else if next == seq + 1 {
+                self.join_live(slot, local);
+            }
+        }
+    }
+
+    /// Moves `slot` from the channel's pending list to its live subscribers.
+    fn join_live(&mut self, slot: u32, local: u32) {
+        let (Some(ch), Some(conn)) = (self.channels.get_mut(local), self.conns.get_mut(slot))
+        else {
+            return;
+        };
+        ch.pending.retain(|&s| s != slot);
+        drop_cursor(conn, local);
+        if let Some(sub) = conn.subs.iter_mut().find(|s| s.channel == local) {
+            sub.position = ch.subscribers.len() as u32;
+            ch.subscribers.push(slot);
+        }
+    }
+
+    /// Copies the next batch of what a resuming connection missed from the
+    /// history into its queue (gap notices where frames are gone), and moves
+    /// it to the live list of each channel it has caught up on.
+    pub(super) fn refill(&mut self, slot: u32) {
+        let Some(mut cursors) = self.conns.get_mut(slot).and_then(|c| c.replay.take()) else {
+            return;
+        };
+        // A batch well under the high-water mark, so replay never trips it.
+        let mut budget = REPLAY_BATCH_BYTES.min(self.config.high_water as usize / 4);
+        let mut caught_up = Vec::new();
+        let mut batch = Vec::new();
+        for cursor in cursors.iter_mut() {
+            let Some(ch) = self.channels.get(cursor.channel) else {
+                continue;
+            };
+            let (channel, to) = (ch.channel.clone(), ch.delivered_seq);
+            while budget > 0 && cursor.next <= to {
+                batch.clear();
+                let found = channel.history().read(cursor.next, to, budget, &mut batch);
+                match found {
+                    Replay::Gap { from, to } => {
+                        let notice = control::gap(&channel.name, from, to);
+                        let frame = Rc::new(encode_server_frame(OpCode::Text, notice.as_bytes()));
+                        self.push_replayed(slot, frame);
+                        cursor.next = to + 1;
+                    }
+                    Replay::Frames { next } => {
+                        for frame in batch.drain(..) {
+                            budget = budget.saturating_sub(frame.len());
+                            self.push_replayed(slot, Rc::new(frame));
+                            self.stats.add(Counter::FramesReplayed, 1);
+                        }
+                        cursor.next = next;
+                    }
+                }
+            }
+            if cursor.next == to + 1 {
+                caught_up.push(cursor.channel);
+            }
+        }
+        match self.conns.get_mut(slot) {
+            Some(conn) if !conn.is_closing() => conn.replay = Some(cursors),
+            _ => return,
+        }
+        for local in caught_up {
+            self.join_live(slot, local);
+        }
+        self.schedule_flush(slot);
+    }
+
+    fn push_replayed(&mut self, slot: u32, frame: FrameRef) {
+        if let Some(conn) = self.conns.get_mut(slot) {
+            let n = conn.out.push(frame);
+            self.note_queued(slot, n);
+        }
+    }
+}
+
+fn cursor_of(conn: &Conn, local: u32) -> Option<u64> {
+    conn.replay
+        .as_ref()?
+        .iter()
+        .find(|c| c.channel == local)
+        .map(|c| c.next)
+}
+
+fn set_cursor(conn: &mut Conn, local: u32, next: u64) {
+    if let Some(c) = conn
+        .replay
+        .as_mut()
+        .and_then(|r| r.iter_mut().find(|c| c.channel == local))
+    {
+        c.next = next;
+    }
+}
+
+fn drop_cursor(conn: &mut Conn, local: u32) {
+    if let Some(r) = conn.replay.as_mut() {
+        r.retain(|c| c.channel != local);
+        if r.is_empty() {
+            conn.replay = None;
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! Plain HTTP on the shared listener, and the upgrade to WebSocket.
+
+use super::*;
+
+impl Shard {
+    // ----- HTTP -----
+
+    pub(super) fn on_head_bytes(&mut self, slot: u32, data: &[u8]) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let Input::Head(buf) = &mut conn.input else {
+            return;
+        };
+        buf.extend_from_slice(data);
+        match parse_request_head(buf) {
+            Ok(None) => {}
+            Err(e) => self.reject(slot, e.response()),
+            Ok(Some((head, len))) => {
+                let buf = std::mem::take(buf);
+                self.on_request(slot, &head, &buf[len..]);
+            }
+        }
+    }
+
+    pub(super) fn on_request(&mut self, slot: u32, head: &RequestHead, rest: &[u8]) {
+        match head.path.as_str() {
+            "/ws" => self.upgrade(slot, head, Endpoint::Subscriber, rest),
+            "/echo" if self.config.echo => self.upgrade(slot, head, Endpoint::Echo, rest),
+            path => {
+                self.stats.add(Counter::HttpRequests, 1);
+                let response = if head.method != "GET" && head.method != "HEAD" {
+                    http_response(
+                        405,
+                        "text/plain",
+                        b"only GET is supported\n",
+                        &[("Allow", "GET")],
+                    )
+                } else {
+                    match path {
+                        "/healthz" => {
+                            if self.shared.draining.load(Ordering::Relaxed) {
+                                http_response(503, "text/plain", b"draining\n", &[])
+                            } else {
+                                http_response(200, "text/plain", b"ok\n", &[])
+                            }
+                        }
+                        "/metrics" => {
+                            // This shard's own figures are published first so
+                            // the page is current for the shard answering.
+                            self.publish_stats();
+                            let body = self.shared.render_metrics();
+                            http_response(200, "text/plain; version=0.0.4", body.as_bytes(), &[])
+                        }
+                        "/" => http_response(200, "text/plain", INDEX_TEXT.as_bytes(), &[]),
+                        _ => http_response(404, "text/plain", b"not found\n", &[]),
+                    }
+                };
+                let response = if head.method == "HEAD" {
+                    head_only(response)
+                } else {
+                    response
+                };
+                self.respond_and_close(slot, response);
+            }
+        }
+    }
+
+    pub(super) fn respond_and_close(&mut self, slot: u32, response: Vec<u8>) {
+        if let Some(conn) = self.conns.get_mut(slot) {
+            conn.endpoint = Endpoint::Http;
+        }
+        self.close_with(slot, Some(Bytes::from(response)), CloseReason::HttpDone);
+    }
+
+    pub(super) fn upgrade(
+        &mut self,
+        slot: u32,
+        head: &RequestHead,
+        endpoint: Endpoint,
+        rest: &[u8],
+    ) {
+        let accept = match validate_upgrade(head) {
+            Ok(accept) => accept,
+            Err(rejection) => return self.reject(slot, rejection.response()),
+        };
+        let query = if endpoint == Endpoint::Subscriber {
+            match parse_ws_query(&head.query, self.config.max_subscriptions) {
+                Ok(q) => Some(q),
+                Err(why) => {
+                    let body = format!("{why}\n");
+                    return self
+                        .reject(slot, http_response(400, "text/plain", body.as_bytes(), &[]));
+                }
+            }
+        } else {
+            None
+        };
+        let limit = match endpoint {
+            Endpoint::Echo => self.config.echo_max_message,
+            _ => self.config.max_message,
+        };
+        let bucket = self.bucket_size();
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        conn.endpoint = endpoint;
+        conn.phase = Phase::Open;
+        conn.input = Input::Frames(Box::new(FrameReader::new(limit)));
+        conn.tokens = bucket;
+        conn.tokens_at = self.now_ms as u32;
+        let response = Bytes::from(switching_protocols(&accept, None));
+        self.enqueue(slot, Rc::new(response));
+        if let Some(query) = query {
+            let since = |name: &str| query.since.iter().find(|(c, _)| c == name).map(|(_, s)| *s);
+            if self
+                .subscribe_and_notify(slot, &query.channels, &since, Ack::Welcome)
+                .is_err()
+            {
+                let frame =
+                    encode_close_frame(1013, "server channel limit reached; try again later");
+                self.close_with(slot, Some(frame), CloseReason::Error);
+                return;
+            }
+        }
+        let deadline = self.now_ms + self.config.ping_interval.as_millis() as u64;
+        self.set_deadline(slot, deadline);
+        if !rest.is_empty() {
+            // Frames pipelined behind the request head.
+            self.on_frames(slot, rest);
+        }
+    }
+
+    pub(super) fn reject(&mut self, slot: u32, response: Vec<u8>) {
+        self.stats.add(Counter::HandshakesRejected, 1);
+        self.respond_and_close(slot, response);
+    }
+}
+
+pub(super) const INDEX_TEXT: &str = concat!(
+    "ringcast ",
+    env!("CARGO_PKG_VERSION"),
+    "\nWebSocket: GET /ws?channels=a,b\nHealth: GET /healthz\nMetrics: GET /metrics\n"
+);
+/// Strips the body from a response (for HEAD requests).
+pub(super) fn head_only(mut response: Vec<u8>) -> Vec<u8> {
+    if let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") {
+        response.truncate(end + 4);
+    }
+    response
+}

@@ -1,0 +1,206 @@
+//! An open WebSocket: client frames, control messages, protocol errors, and
+//! the per-connection limits on what a client may send.
+
+use super::*;
+
+use crate::protocol::control::{self, ClientMessage, parse_client_message};
+
+/// Invalid control messages tolerated (each answered with an error notice)
+/// before the client is closed with 1008.
+const MAX_STRIKES: u8 = 10;
+
+/// A message a subscriber sent, kept until the reader is done with the bytes.
+enum Inbound {
+    Text(Vec<u8>),
+    Binary,
+}
+
+impl Shard {
+    pub(super) fn on_frames(&mut self, slot: u32, data: &[u8]) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let Input::Frames(reader) = &mut conn.input else {
+            return;
+        };
+        let echo = conn.endpoint == Endpoint::Echo;
+        let out = &mut conn.out;
+        let mut queued = 0u64;
+        let mut received = 0u64;
+        let mut inbound = Vec::new();
+        let mut client_close: Option<Option<u16>> = None;
+        let result = reader.feed(data, &mut |event| {
+            received += 1;
+            match event {
+                Event::Message { binary, payload } => {
+                    if echo {
+                        let op = if binary { OpCode::Binary } else { OpCode::Text };
+                        queued += push_message(out, op, payload);
+                    } else if binary {
+                        inbound.push(Inbound::Binary);
+                    } else {
+                        inbound.push(Inbound::Text(std::mem::take(payload)));
+                    }
+                    Flow::Continue
+                }
+                Event::Ping(payload) => {
+                    queued += out.push(Rc::new(encode_server_frame(OpCode::Pong, payload)));
+                    Flow::Continue
+                }
+                Event::Pong(_) => Flow::Continue,
+                Event::Close { code, .. } => {
+                    client_close = Some(code);
+                    Flow::Stop
+                }
+            }
+        });
+        self.stats.add(Counter::FramesReceived, received);
+        self.note_queued(slot, queued);
+        if !echo && !self.take_tokens(slot, received) {
+            let frame = encode_close_frame(1008, "rate limit exceeded: too many messages");
+            return self.close_with(slot, Some(frame), CloseReason::PolicyViolation);
+        }
+        for message in inbound {
+            if self.conns.get(slot).is_none_or(|c| c.is_closing()) {
+                return;
+            }
+            match message {
+                Inbound::Text(text) => self.on_control(slot, &text),
+                Inbound::Binary => {
+                    self.client_error(slot, "binary messages are not accepted on /ws")
+                }
+            }
+        }
+        match (result, client_close) {
+            (Err(violation), _) => self.fail(slot, violation),
+            (Ok(_), Some(code)) => {
+                // Echo the status code (RFC 6455 §5.5.1), or an empty close.
+                let reply = match code {
+                    Some(code) => encode_close_frame(code, ""),
+                    None => encode_server_frame(OpCode::Close, b""),
+                };
+                self.close_with(slot, Some(reply), CloseReason::ClientClose);
+            }
+            (Ok(_), None) => self.schedule_flush(slot),
+        }
+    }
+
+    pub(super) fn fail(&mut self, slot: u32, violation: Violation) {
+        let reason = match violation {
+            Violation::Protocol(_) => CloseReason::ProtocolError,
+            Violation::InvalidUtf8 => CloseReason::InvalidUtf8,
+            Violation::TooBig => CloseReason::MessageTooBig,
+        };
+        let frame = encode_close_frame(violation.close_code(), violation.reason());
+        self.close_with(slot, Some(frame), reason);
+    }
+
+    /// Token bucket size, in thousandths of a message: two seconds' worth.
+    pub(super) fn bucket_size(&self) -> u32 {
+        self.config.client_rate.saturating_mul(2000)
+    }
+
+    /// Spends `n` messages from the client's budget; false when it is over.
+    fn take_tokens(&mut self, slot: u32, n: u64) -> bool {
+        let (rate, size) = (self.config.client_rate, self.bucket_size());
+        let now = self.now_ms as u32;
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return true;
+        };
+        let elapsed = now.wrapping_sub(conn.tokens_at);
+        conn.tokens_at = now;
+        conn.tokens = conn
+            .tokens
+            .saturating_add(elapsed.saturating_mul(rate))
+            .min(size);
+        let cost = (n as u32).saturating_mul(1000);
+        if conn.tokens < cost {
+            return false;
+        }
+        conn.tokens -= cost;
+        true
+    }
+
+    fn on_control(&mut self, slot: u32, text: &[u8]) {
+        let message = match parse_client_message(text) {
+            Ok(m) => m,
+            Err(why) => return self.client_error(slot, &why),
+        };
+        match message {
+            ClientMessage::Ping => self.enqueue_text(slot, &control::pong()),
+            ClientMessage::Subscribe { channels, since } => {
+                self.on_subscribe(slot, channels, &since)
+            }
+            ClientMessage::Unsubscribe { channels } => {
+                let left: Vec<String> = channels
+                    .into_iter()
+                    .filter(|name| self.unsubscribe(slot, name))
+                    .collect();
+                self.enqueue_text(slot, &control::unsubscribed(&left));
+            }
+        }
+    }
+
+    fn on_subscribe(
+        &mut self,
+        slot: u32,
+        mut channels: Vec<String>,
+        since: &std::collections::BTreeMap<String, u64>,
+    ) {
+        if let Some(bad) = channels.iter().find(|c| !is_valid_channel_name(c)) {
+            let why = format!(
+                "invalid channel name '{}': use 1-128 characters of A-Z a-z 0-9 . _ : -",
+                bad.chars().take(129).collect::<String>()
+            );
+            return self.client_error(slot, &why);
+        }
+        channels.sort_unstable();
+        channels.dedup();
+        let Some(conn) = self.conns.get(slot) else {
+            return;
+        };
+        let held = conn.subs.len();
+        let new = channels.len(); // an upper bound: some may be held already
+        if held + new > self.config.max_subscriptions {
+            let why = format!(
+                "too many subscriptions: at most {} per connection",
+                self.config.max_subscriptions
+            );
+            return self.client_error(slot, &why);
+        }
+        let since = |name: &str| since.get(name).copied();
+        if self
+            .subscribe_and_notify(slot, &channels, &since, Ack::Subscribed)
+            .is_err()
+        {
+            self.client_error(slot, "server channel limit reached; try again later");
+        }
+    }
+
+    /// Answers an invalid message with an error notice; too many of them
+    /// and the client is closed (1008).
+    fn client_error(&mut self, slot: u32, why: &str) {
+        self.stats.add(Counter::ClientErrors, 1);
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        conn.strikes = conn.strikes.saturating_add(1);
+        if conn.strikes > MAX_STRIKES {
+            let frame = encode_close_frame(1008, "too many invalid messages");
+            return self.close_with(slot, Some(frame), CloseReason::PolicyViolation);
+        }
+        self.enqueue_text(slot, &control::error(why));
+    }
+}
+
+/// Queues a whole message as one frame. Big payloads are not copied: the
+/// header and the payload buffer are queued as two pieces.
+pub(super) fn push_message(out: &mut outqueue::OutQueue, op: OpCode, payload: &mut Vec<u8>) -> u64 {
+    if payload.len() <= 4096 {
+        return out.push(Rc::new(encode_server_frame(op, payload)));
+    }
+    let mut header = [0u8; crate::protocol::frame::MAX_SERVER_HEADER];
+    let n = crate::protocol::frame::write_server_header(&mut header, true, op, payload.len());
+    let head = out.push(Rc::new(Bytes::copy_from_slice(&header[..n])));
+    head + out.push(Rc::new(Bytes::from(std::mem::take(payload))))
+}
