@@ -53,6 +53,12 @@ impl Shard {
                             http_response(200, "text/plain; version=0.0.4", body.as_bytes(), &[])
                         }
                         "/" => http_response(200, "text/plain", INDEX_TEXT.as_bytes(), &[]),
+                        "/ringcast.js" => http_response(
+                            200,
+                            "application/javascript; charset=utf-8",
+                            CLIENT_JS.as_bytes(),
+                            &[],
+                        ),
                         _ => http_response(404, "text/plain", b"not found\n", &[]),
                     }
                 };
@@ -137,10 +143,13 @@ impl Shard {
     }
 }
 
+/// The browser client (client/ringcast.js), embedded in the binary.
+const CLIENT_JS: &str = include_str!("../../client/ringcast.js");
+
 pub(super) const INDEX_TEXT: &str = concat!(
     "ringcast ",
     env!("CARGO_PKG_VERSION"),
-    "\nWebSocket: GET /ws?channels=a,b\nHealth: GET /healthz\nMetrics: GET /metrics\n"
+    "\nWebSocket: GET /ws?channels=a,b[&since=a:41,b:7]\nBrowser client: GET /ringcast.js\nHealth: GET /healthz\nMetrics: GET /metrics\n"
 );
 /// Strips the body from a response (for HEAD requests).
 pub(super) fn head_only(mut response: Vec<u8>) -> Vec<u8> {

@@ -1,0 +1,30 @@
+// Drives client/ringcast.js under Node for tests/client_js.rs: every callback
+// becomes one JSON line on stdout; a line "close" on stdin closes the client.
+"use strict";
+const Ringcast = require("../../client/ringcast.js");
+
+const url = process.argv[2];
+const log = (event, detail) => console.log(JSON.stringify(Object.assign({ event }, detail)));
+
+const rc = new Ringcast(url, {
+  channels: ["c"],
+  minDelay: 100,
+  maxDelay: 400,
+  stableAfter: 500,
+  connectTimeout: 500,
+  pingInterval: 200,
+  pingTimeout: 300,
+  onMessage: (channel, data, seq) => log("message", { channel, seq, data }),
+  onGap: (g) => log("gap", g),
+  onReset: (r) => log("reset", r),
+  onWelcome: (w) => log("welcome", w),
+  onStatus: (status, d) => log("status", Object.assign({ status }, d)),
+  onError: (reason) => log("error", { reason }),
+});
+
+process.stdin.on("data", (d) => {
+  if (String(d).trim() === "close") {
+    rc.close();
+    setTimeout(() => process.exit(0), 50);
+  }
+});
