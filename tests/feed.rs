@@ -26,6 +26,7 @@ fn bad_feed_input_is_counted_and_never_delivered() {
         "1000",
     ]);
     let mut sub = RawClient::connect(server.addr, "/ws?channels=good,default,ok,a");
+    sub.read_welcome();
     server.wait_metric("ringcast_subscriptions", &[], |v| v == 4);
     let unix_path = server.unix.clone().unwrap();
 
@@ -132,6 +133,7 @@ fn publish_from_argument_and_stdin() {
     let server = Server::start(&["--udp", "127.0.0.1:0", "--unix", "feed.sock"]);
     let unix = server.unix.clone().unwrap();
     let mut sub = RawClient::connect(server.addr, "/ws?channels=logs");
+    sub.read_welcome();
     server.wait_metric("ringcast_subscriptions", &[], |v| v == 1);
 
     let status = Command::new(BIN)

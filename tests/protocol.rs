@@ -15,6 +15,9 @@ type Raw = (bool, u8, Vec<u8>);
 /// then the end of the TCP connection.
 fn expect_close(server: &Server, path: &str, frames: &[Raw], code: u16, what: &str) {
     let mut c = RawClient::connect(server.addr, path);
+    if path.starts_with("/ws") {
+        c.read_welcome();
+    }
     for (fin, op, payload) in frames {
         c.send(*fin, *op, payload);
     }

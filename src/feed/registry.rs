@@ -249,7 +249,9 @@ mod tests {
         let (s1, f1, _) = a.publish(LIMITS, 0, |seq| Bytes::from(format!("m{seq}")));
         let (s2, _, _) = a.publish(LIMITS, 0, |seq| Bytes::from(format!("m{seq}")));
         assert_eq!((s1, s2, a.last_seq(), &f1[..]), (1, 2, 2, &b"m1"[..]));
-        assert_eq!((a.history().oldest(), a.history().len()), (Some(1), 2));
+        let history = a.history();
+        assert_eq!((history.oldest(), history.len()), (Some(1), 2));
+        drop(history);
         let b = r.subscribe("a", 1).unwrap();
         assert!(!b.is_interested(0) && b.is_interested(1));
         assert_eq!(r.busiest(5)[0], (Arc::from("a"), 2));

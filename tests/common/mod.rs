@@ -369,6 +369,14 @@ impl RawClient {
         }
     }
 
+    /// Reads the welcome notice every `/ws` connection starts with; returns it.
+    pub fn read_welcome(&mut self) -> serde_json::Value {
+        let f = self.read_non_ping().expect("welcome notice");
+        let v: serde_json::Value = serde_json::from_str(f.text()).expect("json");
+        assert_eq!(v["type"], "welcome", "{v}");
+        v
+    }
+
     /// Reads frames until one that is not a ping (pings are answered by the
     /// caller only when it asks for them).
     pub fn read_non_ping(&mut self) -> Option<Frame> {

@@ -6,7 +6,12 @@ const Ringcast = require("../../client/ringcast.js");
 const url = process.argv[2];
 const log = (event, detail) => console.log(JSON.stringify(Object.assign({ event }, detail)));
 
+// Node 20 has WebSocket behind --experimental-websocket (22+: built in); an
+// older Node uses the `ws` package, which .ci/run installs only then.
+const WebSocketImpl = globalThis.WebSocket || require("ws");
+
 const rc = new Ringcast(url, {
+  WebSocket: WebSocketImpl,
   channels: ["c"],
   minDelay: 100,
   maxDelay: 400,
