@@ -60,6 +60,14 @@ pub struct ServeConfig {
     /// Messages per second a `/ws` client may send (burst: twice that).
     /// Clients only send control messages; 50/s is far above honest use.
     pub client_rate: u32,
+    /// Connections the server accepts in all; `None` = as many as the
+    /// open-files limit allows. Past it, new connections get a 503.
+    pub max_connections: Option<usize>,
+    /// Connections one shard accepts; `None` = no per-shard limit.
+    pub max_connections_per_shard: Option<usize>,
+    /// On SIGTERM, how long clients get to go after their 1001 before the
+    /// rest is cut. 10 s covers a close handshake on a slow mobile link.
+    pub drain_timeout: Duration,
     /// Log output format.
     pub log_format: LogFormat,
 }
@@ -94,6 +102,9 @@ impl Default for ServeConfig {
             history_total: 512 * 1024 * 1024,
             channel_ttl: Duration::from_secs(3600),
             client_rate: 50,
+            max_connections: None,
+            max_connections_per_shard: None,
+            drain_timeout: Duration::from_secs(10),
             log_format: LogFormat::Text,
         }
     }
@@ -122,6 +133,9 @@ pub const KEYS: &[&str] = &[
     "history-total",
     "channel-ttl",
     "client-rate",
+    "max-connections",
+    "max-connections-per-shard",
+    "drain-timeout",
     "log-format",
 ];
 
@@ -223,6 +237,11 @@ impl ServeConfig {
             "history-total" => self.history_total = parse_size(value, 0, 1 << 44)?,
             "channel-ttl" => self.channel_ttl = parse_duration(value)?,
             "client-rate" => self.client_rate = parse_count(value, 1, 1_000_000)? as u32,
+            "max-connections" => self.max_connections = Some(parse_count(value, 1, 100_000_000)?),
+            "max-connections-per-shard" => {
+                self.max_connections_per_shard = Some(parse_count(value, 1, 100_000_000)?)
+            }
+            "drain-timeout" => self.drain_timeout = parse_duration(value)?,
             "log-format" => {
                 self.log_format = match value {
                     "text" => LogFormat::Text,
@@ -338,6 +357,20 @@ mod tests {
         assert_eq!(c.high_water, 1 << 20);
         assert_eq!(c.udp, None);
         assert_eq!(c.shards, Some(3));
+    }
+
+    #[test]
+    fn example_config_parses_and_documents_every_key() {
+        let text = include_str!("../systemd/ringcast.toml");
+        let mut c = ServeConfig::default();
+        c.apply_toml(text).unwrap();
+        c.validate().unwrap();
+        for key in KEYS {
+            assert!(
+                text.contains(&format!("\n{key} =")) || text.contains(&format!("# {key} =")),
+                "systemd/ringcast.toml does not mention {key}"
+            );
+        }
     }
 
     #[test]

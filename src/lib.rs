@@ -6,8 +6,10 @@
 
 pub mod cli;
 pub mod config;
+pub mod doctor;
 pub mod feed;
 pub mod metrics;
+pub mod notify;
 pub mod protocol;
 pub mod publish;
 pub mod server;

@@ -31,6 +31,12 @@ fn main() -> ExitCode {
             }
         }
         Command::Publish(args) => publish(args),
+        Command::Doctor(args) => {
+            let checks = ringcast::doctor::run(args.connections);
+            let (report, code) = ringcast::doctor::report(args.connections, &checks);
+            print!("{report}");
+            ExitCode::from(code as u8)
+        }
     }
 }
 

@@ -22,10 +22,11 @@ pub enum Counter {
     SlowClientCuts,
     FramesReplayed,
     ClientErrors,
+    ConnectionsRefused,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 11] = [
+    pub const ALL: [Counter; 12] = [
         Counter::ConnectionsAccepted,
         Counter::HandshakesRejected,
         Counter::HttpRequests,
@@ -37,6 +38,7 @@ impl Counter {
         Counter::SlowClientCuts,
         Counter::FramesReplayed,
         Counter::ClientErrors,
+        Counter::ConnectionsRefused,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -74,6 +76,10 @@ impl Counter {
                 "ringcast_frames_received_total",
                 "WebSocket messages and control frames received from clients.",
             ),
+            Counter::ConnectionsRefused => (
+                "ringcast_connections_refused_total",
+                "Connections refused with 503 because the server or shard was at --max-connections.",
+            ),
             Counter::FramesReplayed => (
                 "ringcast_frames_replayed_total",
                 "History frames sent to clients resuming with since=.",
@@ -95,14 +101,16 @@ impl Counter {
 #[repr(usize)]
 pub enum Gauge {
     ConnectionsOpen,
+    WebSocketsOpen,
     QueuedBytes,
     QueuedBytesPeak,
     Subscriptions,
 }
 
 impl Gauge {
-    pub const ALL: [Gauge; 4] = [
+    pub const ALL: [Gauge; 5] = [
         Gauge::ConnectionsOpen,
+        Gauge::WebSocketsOpen,
         Gauge::QueuedBytes,
         Gauge::QueuedBytesPeak,
         Gauge::Subscriptions,
@@ -112,6 +120,10 @@ impl Gauge {
     fn name_help(self) -> (&'static str, &'static str) {
         match self {
             Gauge::ConnectionsOpen => ("ringcast_connections_open", "Connections open now."),
+            Gauge::WebSocketsOpen => (
+                "ringcast_websockets_open",
+                "WebSocket connections open now (subscribers and echo).",
+            ),
             Gauge::QueuedBytes => (
                 "ringcast_queued_bytes",
                 "Bytes queued for clients and not yet sent.",

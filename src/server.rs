@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Socket, Type};
 use tokio::sync::mpsc;
@@ -38,6 +38,11 @@ pub struct Shared {
     /// Identifies this run of the server (random, new at each start), so
     /// clients can tell that their seqs belong to an earlier run.
     pub epoch: String,
+    /// Connections open on all shards (checked against --max-connections).
+    pub connections: AtomicUsize,
+    /// Per shard, when its event loop last turned (ms since `started`):
+    /// the systemd watchdog is only fed while every shard is alive.
+    pub shard_heartbeat: Vec<AtomicU64>,
 }
 
 impl Shared {
@@ -50,7 +55,22 @@ impl Shared {
             feed: Arc::new(FeedStats::default()),
             udp_inode: AtomicU64::new(0),
             epoch: new_epoch(),
+            connections: AtomicUsize::new(0),
+            shard_heartbeat: (0..shards).map(|_| AtomicU64::new(0)).collect(),
         }
+    }
+
+    /// Milliseconds since the server started.
+    pub fn uptime_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// WebSocket connections open on all shards.
+    pub fn websockets_open(&self) -> u64 {
+        self.shard_stats
+            .iter()
+            .map(|s| s.snapshot().gauges[metrics::Gauge::WebSocketsOpen as usize])
+            .sum()
     }
 
     /// The whole `/metrics` page.
@@ -216,6 +236,7 @@ pub struct Running {
     pub shards: Vec<ShardHandle>,
     pub shared: Arc<Shared>,
     pub open_files: u64,
+    pub max_connections: usize,
 }
 
 /// The bound feed sockets.
@@ -238,6 +259,7 @@ pub fn start(config: &ServeConfig) -> Result<Running, StartError> {
             cpus.len()
         );
     }
+    let max_connections = connection_budget(config, open_files, shard_count);
     let listeners = bind_listeners(config.listen, shard_count)?;
     let listen = listeners[0]
         .local_addr()
@@ -256,6 +278,8 @@ pub fn start(config: &ServeConfig) -> Result<Running, StartError> {
         recv_buffer_size: config.recv_buffer_size,
         max_subscriptions: config.max_subscriptions,
         inbox_capacity: SHARD_INBOX,
+        max_connections,
+        max_connections_per_shard: config.max_connections_per_shard.unwrap_or(usize::MAX),
         client_rate: config.client_rate,
     });
     let shared = Arc::new(Shared::new(shard_count, config.max_channels));
@@ -266,6 +290,7 @@ pub fn start(config: &ServeConfig) -> Result<Running, StartError> {
         let fd = unsafe { OwnedFd::from_raw_fd(listener.into_raw_fd()) };
         let handle = shard::spawn(index, cpu, fd, shard_config.clone(), shared.clone())
             .map_err(|e| StartError(format!("shard {index} could not start: {e}")))?;
+        tracing::info!("shard {index} ready on CPU {cpu}");
         shards.push(handle);
     }
     Ok(Running {
@@ -273,7 +298,29 @@ pub fn start(config: &ServeConfig) -> Result<Running, StartError> {
         shards,
         shared,
         open_files,
+        max_connections,
     })
+}
+
+/// The connection limit: the configured one, or what the open-files limit
+/// allows. A configured limit that cannot fit is reported loudly (it still
+/// applies: connections past the file limit fail at accept and are logged).
+fn connection_budget(config: &ServeConfig, open_files: u64, shards: usize) -> usize {
+    let reserved = crate::doctor::reserved_fds(shards as u64);
+    let fits = open_files.saturating_sub(reserved) as usize;
+    match config.max_connections {
+        None => fits,
+        Some(wanted) if wanted > fits => {
+            tracing::warn!(
+                "--max-connections {wanted} cannot fit: the open-files limit is {open_files}, \
+                 room for about {fits} connections. Raise it (systemd: LimitNOFILE={}; shell: \
+                 ulimit -n; /etc/security/limits.d), see `ringcast doctor --connections {wanted}`",
+                wanted as u64 + reserved
+            );
+            wanted
+        }
+        Some(wanted) => wanted,
+    }
 }
 
 /// One `SO_REUSEPORT` listener per shard, all on the same address: the kernel
@@ -357,10 +404,15 @@ pub fn serve(config: ServeConfig) -> Result<(), StartError> {
         };
         let distributor = Distributor::new(running.shared.feed.clone(), &running, history);
         tokio::spawn(distributor.run(rx));
-        wait_for_signal().await;
+        crate::notify::notify("READY=1");
+        if let Some(period) = crate::notify::watchdog_interval() {
+            tokio::spawn(feed_watchdog(running.shared.clone(), period));
+        }
+        let mut signals = Signals::new();
+        signals.next().await;
+        drain(&running, &config, &mut signals, _socket_file).await;
         Ok::<(), StartError>(())
     })?;
-    tracing::info!("shutting down");
     for shard in &running.shards {
         shard.send(ShardMsg::Shutdown);
     }
@@ -369,6 +421,72 @@ pub fn serve(config: ServeConfig) -> Result<(), StartError> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Graceful shutdown: /healthz turns 503, every WebSocket client gets 1001,
+/// and they get `--drain-timeout` to leave. A second signal ends it at once.
+async fn drain(
+    running: &Running,
+    config: &ServeConfig,
+    signals: &mut Signals,
+    socket_file: Option<ingest::SocketFileGuard>,
+) {
+    let clients = running.shared.websockets_open();
+    tracing::info!(
+        "draining: closing {clients} WebSocket client(s) with 1001, up to {:?}",
+        config.drain_timeout
+    );
+    running.shared.draining.store(true, Relaxed);
+    crate::notify::notify("STOPPING=1");
+    for shard in &running.shards {
+        shard.send(ShardMsg::Drain);
+    }
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + config.drain_timeout;
+    loop {
+        if running.shared.websockets_open() == 0 {
+            tracing::info!("drained in {} ms", started.elapsed().as_millis());
+            return;
+        }
+        tokio::select! {
+            _ = signals.next() => {
+                tracing::warn!(
+                    "second signal: exiting now with {} client(s) still connected",
+                    running.shared.websockets_open()
+                );
+                drop(socket_file);
+                std::process::exit(0);
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                tracing::warn!(
+                    "drain timeout: cutting the {} client(s) still connected",
+                    running.shared.websockets_open()
+                );
+                return;
+            }
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    }
+}
+
+/// Pings the systemd watchdog at half its period, but only while every
+/// shard's event loop is turning: a stuck shard makes systemd restart us.
+async fn feed_watchdog(shared: Arc<Shared>, period: Duration) {
+    let mut tick = tokio::time::interval(period / 2);
+    loop {
+        tick.tick().await;
+        let now = shared.uptime_ms();
+        let stale = period.as_millis() as u64 / 2;
+        let alive = shared
+            .shard_heartbeat
+            .iter()
+            .all(|beat| now.saturating_sub(beat.load(Relaxed)) < stale);
+        if alive {
+            crate::notify::notify("WATCHDOG=1");
+        } else {
+            tracing::error!("a shard has stopped turning; not feeding the systemd watchdog");
+        }
+    }
 }
 
 fn bind_feeds(config: &ServeConfig, shared: &Shared) -> Result<Feeds, StartError> {
@@ -430,26 +548,50 @@ fn print_summary(config: &ServeConfig, running: &Running, feeds: &Feeds) {
         list.join(", ")
     };
     tracing::info!(
-        "ringcast {} listening on {}; {} shard(s) on CPU(s) {cpu_list}; feeds: {feeds}; open files limit {}{}",
+        "ringcast {} listening on {}; {} shard(s) on CPU(s) {cpu_list}; feeds: {feeds}; open files limit {}; max connections {}{}",
         env!("CARGO_PKG_VERSION"),
         running.listen,
         running.shards.len(),
         running.open_files,
+        running.max_connections,
         if config.echo { "; /echo enabled" } else { "" },
     );
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("cannot listen for SIGTERM: {e}");
-            return std::future::pending().await;
+/// SIGTERM and SIGINT, as one stream.
+struct Signals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Signals {
+        use tokio::signal::unix::{SignalKind, signal};
+        let listen = |kind: SignalKind, name: &str| match signal(kind) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!("cannot listen for {name}: {e}");
+                None
+            }
+        };
+        Signals {
+            term: listen(SignalKind::terminate(), "SIGTERM"),
+            int: listen(SignalKind::interrupt(), "SIGINT"),
         }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    }
+
+    async fn next(&mut self) {
+        async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        tokio::select! {
+            _ = recv(&mut self.term) => {}
+            _ = recv(&mut self.int) => {}
+        }
     }
 }

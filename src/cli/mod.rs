@@ -21,6 +21,15 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Send one message (DATA), or one per stdin line, to a running server's feed.
     Publish(PublishArgs),
+    /// Check this host's kernel and process limits for N connections.
+    Doctor(DoctorArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Connections to check for.
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    pub connections: u64,
 }
 
 /// `ringcast publish`: DATA is sent as the message's `data`, verbatim when it
@@ -112,6 +121,15 @@ pub struct ServeArgs {
     /// Messages per second a /ws client may send before it is closed (1008) [default: 50].
     #[arg(long, value_name = "N")]
     pub client_rate: Option<String>,
+    /// Connections accepted in all; past it, 503 [default: what the open-files limit allows].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<String>,
+    /// Connections one shard accepts [default: no per-shard limit].
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_shard: Option<String>,
+    /// On SIGTERM, how long clients get to leave after their 1001 [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    pub drain_timeout: Option<String>,
     /// Log format: text or json [default: text].
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<String>,
@@ -141,6 +159,9 @@ impl ServeArgs {
             ("history-total", &self.history_total),
             ("channel-ttl", &self.channel_ttl),
             ("client-rate", &self.client_rate),
+            ("max-connections", &self.max_connections),
+            ("max-connections-per-shard", &self.max_connections_per_shard),
+            ("drain-timeout", &self.drain_timeout),
             ("log-format", &self.log_format),
         ];
         let mut given: Vec<(&'static str, String)> = options

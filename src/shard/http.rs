@@ -90,6 +90,11 @@ impl Shard {
             Ok(accept) => accept,
             Err(rejection) => return self.reject(slot, rejection.response()),
         };
+        if self.shared.draining.load(Ordering::Relaxed) {
+            let body = b"server is shutting down; connect to another node\n";
+            let response = http_response(503, "text/plain", body, &[("Retry-After", "1")]);
+            return self.reject(slot, response);
+        }
         let query = if endpoint == Endpoint::Subscriber {
             match parse_ws_query(&head.query, self.config.max_subscriptions) {
                 Ok(q) => Some(q),
@@ -110,6 +115,8 @@ impl Shard {
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
         };
+        // Counted down when the connection is released (`try_finish`).
+        self.websockets += 1;
         conn.endpoint = endpoint;
         conn.phase = Phase::Open;
         conn.input = Input::Frames(Box::new(FrameReader::new(limit)));

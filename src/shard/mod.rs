@@ -64,6 +64,10 @@ pub struct ShardConfig {
     pub inbox_capacity: usize,
     /// Messages per second a `/ws` client may send.
     pub client_rate: u32,
+    /// Connections the whole server accepts (see `Shared::connections`).
+    pub max_connections: usize,
+    /// Connections this shard accepts.
+    pub max_connections_per_shard: usize,
 }
 
 /// A channel message for a shard: the frame, encoded once by the feed and
@@ -78,6 +82,10 @@ pub struct Delivery {
 /// Messages to a shard from other threads.
 #[derive(Debug)]
 pub enum ShardMsg {
+    /// Graceful shutdown begins: send every WebSocket client a 1001 close;
+    /// answer new upgrades with 503 (the listener stays open so /healthz
+    /// can say 503 to the load balancer).
+    Drain,
     /// Close every connection and stop.
     Shutdown,
 }
@@ -186,6 +194,12 @@ pub fn spawn(
     }
 }
 
+/// Sets up (and drops) a small ring, as a shard would: the real test of
+/// whether io_uring is usable here. The error explains the likely cause.
+pub fn probe_io_uring() -> std::io::Result<()> {
+    Driver::new(8, 16, 512).map(drop)
+}
+
 /// Submission queue size: enough to start a send on thousands of
 /// connections per `io_uring_enter`.
 const SQ_ENTRIES: u32 = 4096;
@@ -236,6 +250,7 @@ struct Shard {
     channels: Slab<ShardChannel>,
     channel_slots: HashMap<u64, u32>,
     subscriptions: u64,
+    websockets: u64,
     slow: Vec<u32>,
     waker: Arc<Waker>,
     wake_buf: Box<u64>,
@@ -277,6 +292,7 @@ impl Shard {
             channels: Slab::new(),
             channel_slots: HashMap::new(),
             subscriptions: 0,
+            websockets: 0,
             slow: Vec::new(),
             waker,
             wake_buf: Box::new(0),
@@ -328,6 +344,8 @@ impl Shard {
             }
             self.flush_all();
             self.publish_stats();
+            self.shared.shard_heartbeat[self.index]
+                .store(self.shared.uptime_ms(), Ordering::Relaxed);
             if self.stopping && self.conns.is_empty() {
                 break;
             }
@@ -396,6 +414,9 @@ impl Shard {
 
     fn open_conn(&mut self, fd: RawFd) {
         set_nodelay(fd);
+        let total = self.shared.connections.fetch_add(1, Ordering::Relaxed) + 1;
+        let over = total > self.config.max_connections
+            || self.conns.len() >= self.config.max_connections_per_shard;
         let (slot, generation) = self.conns.next_key();
         self.conns.insert(Conn::new(fd, generation));
         self.stats.add(Counter::ConnectionsAccepted, 1);
@@ -405,6 +426,13 @@ impl Shard {
         }
         if let Some(conn) = self.conns.get_mut(slot) {
             conn.recv_armed = true;
+        }
+        if over {
+            // Refused politely; the socket is already ours, so say why.
+            self.stats.add(Counter::ConnectionsRefused, 1);
+            let body = b"server at its connection limit; try another node or later\n";
+            let response = http_response(503, "text/plain", body, &[("Retry-After", "5")]);
+            return self.respond_and_close(slot, response);
         }
         let deadline = self.now_ms + self.config.handshake_timeout.as_millis() as u64;
         self.set_deadline(slot, deadline);
@@ -624,6 +652,10 @@ impl Shard {
         // SAFETY: the fd is ours, and no io_uring operation references it
         // any more (none armed, none in flight).
         unsafe { libc::close(conn.fd) };
+        self.shared.connections.fetch_sub(1, Ordering::Relaxed);
+        if matches!(conn.endpoint, Endpoint::Subscriber | Endpoint::Echo) {
+            self.websockets -= 1;
+        }
         let released = conn.out.clear();
         self.note_unqueued(released);
         self.stats
@@ -715,6 +747,7 @@ impl Shard {
     fn drain_inbox(&mut self) {
         while let Ok(msg) = self.inbox.control.try_recv() {
             match msg {
+                ShardMsg::Drain => self.drain(),
                 ShardMsg::Shutdown => self.shutdown(),
             }
         }
@@ -726,6 +759,21 @@ impl Shard {
         }
         // Budget spent with messages left: come back without waiting.
         self.woken = true;
+    }
+
+    fn drain(&mut self) {
+        let open: Vec<u32> = self
+            .conns
+            .occupied()
+            .filter(|&s| self.conns.get(s).is_some_and(|c| c.phase == Phase::Open))
+            .collect();
+        for slot in open {
+            let frame = encode_close_frame(
+                1001,
+                "server shutting down; reconnect with since= to resume",
+            );
+            self.close_with(slot, Some(frame), CloseReason::Shutdown);
+        }
     }
 
     fn shutdown(&mut self) {
@@ -740,6 +788,7 @@ impl Shard {
         self.stats
             .set(Gauge::ConnectionsOpen, self.conns.len() as u64);
         self.stats.set(Gauge::Subscriptions, self.subscriptions);
+        self.stats.set(Gauge::WebSocketsOpen, self.websockets);
         self.shared.shard_stats[self.index].publish(&self.stats);
     }
 }

@@ -28,8 +28,14 @@ impl Server {
     /// Starts `ringcast serve` on 127.0.0.1:0 (plus `args`), feeds off
     /// unless `args` set them, and waits for its start-up line.
     pub fn start(args: &[&str]) -> Server {
+        Server::start_with_env(args, &[])
+    }
+
+    /// As [`Server::start`], with extra environment variables.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut cmd = Command::new(BIN);
+        cmd.envs(env.iter().copied());
         cmd.arg("serve");
         if !args.contains(&"--listen") {
             cmd.args(["--listen", "127.0.0.1:0"]);
@@ -375,6 +381,17 @@ impl RawClient {
         let v: serde_json::Value = serde_json::from_str(f.text()).expect("json");
         assert_eq!(v["type"], "welcome", "{v}");
         v
+    }
+
+    /// Reads frames until one that is neither a ping nor a text frame (a
+    /// notice or message): the close, typically.
+    pub fn read_non_ping_skipping_text(&mut self) -> Option<Frame> {
+        loop {
+            let f = self.read_non_ping()?;
+            if f.opcode != 1 {
+                return Some(f);
+            }
+        }
     }
 
     /// Reads frames until one that is not a ping (pings are answered by the

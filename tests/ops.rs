@@ -1,0 +1,244 @@
+//! Operations: graceful drain on SIGTERM, connection limits, `ringcast
+//! doctor`, the systemd notification protocol, JSON logs.
+
+mod common;
+
+use std::os::unix::net::UnixDatagram;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{BIN, RawClient, Server, upgrade_request};
+use futures_util::StreamExt;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+#[test]
+fn sigterm_drains_1000_clients_with_1001_and_exits_0() {
+    let mut server = Server::start(&["--shards", "2", "--drain-timeout", "10s"]);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let clients = runtime.block_on(async {
+        let mut all = Vec::new();
+        for _ in 0..10 {
+            let batch = (0..100).map(|_| async {
+                tokio_tungstenite::connect_async(server.url("/ws?channels=a"))
+                    .await
+                    .expect("connect")
+                    .0
+            });
+            all.extend(futures_util::future::join_all(batch).await);
+        }
+        all
+    });
+    // One client that never reads or answers: the drain has to wait for it
+    // (up to the close grace), which lets us watch /healthz meanwhile.
+    let mut stubborn = RawClient::connect(server.addr, "/ws?channels=a");
+    server.wait_metric("ringcast_websockets_open", &[], |v| v == 1001);
+    assert_eq!(server.get("/healthz").0, 200);
+
+    let started = Instant::now();
+    server.signal(libc::SIGTERM);
+    // Every well-behaved client gets 1001 and a clean close.
+    let codes = runtime.block_on(async {
+        let reads = clients.into_iter().map(|mut ws| async move {
+            loop {
+                match tokio::time::timeout(Duration::from_secs(15), ws.next()).await {
+                    Ok(Some(Ok(Message::Close(frame)))) => return frame.map(|f| f.code),
+                    Ok(Some(Ok(_))) => continue,
+                    other => panic!("no close frame: {other:?}"),
+                }
+            }
+        });
+        futures_util::future::join_all(reads).await
+    });
+    assert!(
+        codes.iter().all(|c| *c == Some(CloseCode::Away)),
+        "{codes:?}"
+    );
+    // Still draining (the stubborn client): health says 503, upgrades are refused.
+    assert_eq!(server.get("/healthz").0, 503);
+    let (status, _) = common::http_request(server.addr, &upgrade_request("/ws"));
+    assert_eq!(status, 503);
+    let code = server.wait_exit(Duration::from_secs(12)).expect("exited");
+    assert_eq!(code, 0);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    // The stubborn one got its 1001 too, before being cut.
+    let close = stubborn.read_non_ping_skipping_text().expect("close frame");
+    assert_eq!(close.close_code(), Some(1001));
+    let log = server.log();
+    assert!(
+        log.contains("draining: closing 1001 WebSocket client(s)"),
+        "{log}"
+    );
+}
+
+#[test]
+fn second_signal_exits_at_once() {
+    let mut server = Server::start(&["--drain-timeout", "30s"]);
+    let _stubborn = RawClient::connect(server.addr, "/ws");
+    server.wait_metric("ringcast_websockets_open", &[], |v| v == 1);
+    server.signal(libc::SIGTERM);
+    server
+        .wait_for_log("draining", Duration::from_secs(5))
+        .unwrap();
+    let started = Instant::now();
+    server.signal(libc::SIGINT);
+    assert_eq!(server.wait_exit(Duration::from_secs(5)), Some(0));
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(server.log().contains("second signal: exiting now"));
+}
+
+#[test]
+fn over_max_connections_gets_503_and_is_counted() {
+    let server = Server::start(&["--shards", "1", "--max-connections", "10"]);
+    let clients: Vec<RawClient> = (0..10)
+        .map(|_| RawClient::connect(server.addr, "/ws"))
+        .collect();
+    for _ in 0..3 {
+        let (status, text) = common::http_request(server.addr, &upgrade_request("/ws"));
+        assert_eq!(status, 503, "{text}");
+        assert!(text.contains("connection limit"));
+    }
+    drop(clients);
+    server.wait_metric("ringcast_websockets_open", &[], |v| v == 0);
+    assert_eq!(server.metric("ringcast_connections_refused_total", &[]), 3);
+    // Room again.
+    let _c = RawClient::connect(server.addr, "/ws");
+}
+
+#[test]
+fn max_connections_per_shard() {
+    let server = Server::start(&["--shards", "2", "--max-connections-per-shard", "3"]);
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    for _ in 0..10 {
+        let mut c = RawClient::connect_tcp(server.addr);
+        c.send_raw(upgrade_request("/ws").as_bytes());
+        let head = c.read_head();
+        if head.starts_with("HTTP/1.1 101") {
+            accepted.push(c);
+        } else {
+            assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+            refused += 1;
+        }
+    }
+    assert!(
+        accepted.len() <= 6 && refused >= 4,
+        "{} accepted",
+        accepted.len()
+    );
+}
+
+#[test]
+fn configured_limit_that_cannot_fit_is_reported() {
+    let server = Server::start(&["--max-connections", "5000000"]);
+    let log = server.log();
+    assert!(
+        log.contains("--max-connections 5000000 cannot fit: the open-files limit is"),
+        "{log}"
+    );
+}
+
+#[test]
+fn doctor_reports_the_real_limits() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY (test): getrlimit fills a struct we own.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    let out = Command::new(BIN)
+        .args(["doctor", "--connections", "1000000"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("soft {}, hard {}", lim.rlim_cur, lim.rlim_max)),
+        "{text}"
+    );
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open").unwrap();
+    assert!(
+        text.contains(&format!("fs.nr_open: {}", nr_open.trim())),
+        "{text}"
+    );
+    assert!(text.contains("io_uring"), "{text}");
+    if lim.rlim_max < 1_000_100 {
+        assert_eq!(out.status.code(), Some(1), "{text}");
+        assert!(text.contains("[FAIL] open files (RLIMIT_NOFILE)"), "{text}");
+        assert!(text.contains("LimitNOFILE="), "{text}");
+    }
+    // A small count fits on any machine that can run the tests.
+    let out = Command::new(BIN)
+        .args(["doctor", "--connections", "100"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn systemd_notifications() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut server = Server::start_with_env(
+        &[],
+        &[
+            ("NOTIFY_SOCKET", path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "200000"),
+        ],
+    );
+    let recv = || {
+        let mut buf = [0u8; 256];
+        let n = socket.recv(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    };
+    assert_eq!(recv().as_deref(), Some("READY=1"));
+    assert_eq!(recv().as_deref(), Some("WATCHDOG=1"));
+    assert_eq!(recv().as_deref(), Some("WATCHDOG=1"));
+    server.signal(libc::SIGTERM);
+    // Watchdog pings may still arrive before it.
+    let mut seen = Vec::new();
+    while let Some(m) = recv() {
+        seen.push(m);
+        if seen.last().is_some_and(|m| m == "STOPPING=1") {
+            break;
+        }
+    }
+    assert_eq!(
+        seen.last().map(String::as_str),
+        Some("STOPPING=1"),
+        "{seen:?}"
+    );
+    assert_eq!(server.wait_exit(Duration::from_secs(5)), Some(0));
+}
+
+#[test]
+fn json_logs() {
+    let server = Server::start(&["--log-format", "json"]);
+    let line = server
+        .wait_for_log("listening on", Duration::from_secs(5))
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
+    assert_eq!(v["level"], "INFO");
+    assert!(
+        v["fields"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("listening on")
+    );
+}
