@@ -4,6 +4,7 @@
 //! loops that own the connections; `server` starts them and runs the control
 //! plane; `metrics` counts; `config` and `cli` read what the operator asked for.
 
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod doctor;
@@ -15,3 +16,4 @@ pub mod publish;
 pub mod server;
 pub mod shard;
 pub mod sys;
+pub mod uring;

@@ -3,7 +3,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use ringcast::cli::{Cli, Command, PublishArgs};
+use ringcast::cli::{BenchArgs, Cli, Command, PublishArgs};
 use ringcast::config::{LogFormat, ServeConfig};
 use ringcast::publish::{PublishOptions, Target};
 
@@ -31,11 +31,63 @@ fn main() -> ExitCode {
             }
         }
         Command::Publish(args) => publish(args),
+        Command::Bench(args) => bench(args),
         Command::Doctor(args) => {
             let checks = ringcast::doctor::run(args.connections);
             let (report, code) = ringcast::doctor::report(args.connections, &checks);
             print!("{report}");
             ExitCode::from(code as u8)
+        }
+    }
+}
+
+fn bench(args: BenchArgs) -> ExitCode {
+    let duration = |s: &str, flag: &str| {
+        humantime::parse_duration(s).map_err(|_| format!("invalid {flag} '{s}': expected e.g. 10s"))
+    };
+    let parsed = (|| {
+        Ok::<_, String>(ringcast::bench::BenchOptions {
+            url: args.url.clone(),
+            connections: args.connections,
+            threads: args.threads,
+            processes: args.processes,
+            source_ips: args.source_ips.clone(),
+            connect_rate: args.connect_rate,
+            slow: args.slow,
+            feed: args.feed.parse()?,
+            channel: args.channel.clone(),
+            size: args.size,
+            rates: args.rate.clone(),
+            duration: duration(&args.duration, "--duration")?,
+            drain: duration(&args.drain, "--drain")?,
+            server_pid: args.server_pid,
+            sweep: args.sweep,
+            min_ratio: args.min_ratio,
+            max_p99: duration(&args.max_p99, "--max-p99")?,
+            json: args.json,
+            worker_index: args.worker_index,
+            argv: std::env::args().skip(1).collect(),
+        })
+    })();
+    let options = match parsed {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("ringcast bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match ringcast::bench::run(&options) {
+        Ok(Some(report)) => {
+            print!("{}", ringcast::bench::summary(&report));
+            if options.json {
+                println!("{}", serde_json::to_string(&report).unwrap_or_default());
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(None) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ringcast bench: {e}");
+            ExitCode::from(1)
         }
     }
 }

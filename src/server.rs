@@ -248,6 +248,7 @@ struct Feeds {
 /// Binds and starts everything; returns once every shard accepts.
 pub fn start(config: &ServeConfig) -> Result<Running, StartError> {
     crate::sys::ignore_sigpipe();
+    crate::sys::disable_transparent_huge_pages();
     let open_files = crate::sys::raise_nofile_limit()
         .map_err(|e| StartError(format!("cannot read the open-files limit: {e}")))?;
     let cpus = crate::sys::allowed_cpus()

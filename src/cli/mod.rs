@@ -23,6 +23,71 @@ pub enum Command {
     Publish(PublishArgs),
     /// Check this host's kernel and process limits for N connections.
     Doctor(DoctorArgs),
+    /// Fan-out load generator: N WebSocket clients, a paced feed, a report.
+    Bench(BenchArgs),
+}
+
+/// `ringcast bench`. Works against any WebSocket server that broadcasts the
+/// published data: the seq and timestamp travel inside it.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Server to connect to (path and query included).
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws?channels=bench")]
+    pub url: String,
+    /// WebSocket clients to open.
+    #[arg(long, default_value_t = 1000)]
+    pub connections: usize,
+    /// Client threads per process (each drives its sockets with io_uring).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Processes to spread the clients over (when one's open-files limit is too small).
+    #[arg(long, default_value_t = 1)]
+    pub processes: usize,
+    /// Source addresses to connect from, round-robin (e.g. 127.0.0.1,127.0.0.2).
+    #[arg(long, value_delimiter = ',')]
+    pub source_ips: Vec<std::net::IpAddr>,
+    /// Connections opened per second, in all.
+    #[arg(long, default_value_t = 5000.0)]
+    pub connect_rate: f64,
+    /// Clients that stop reading after the handshake (to see the high-water mark work).
+    #[arg(long, default_value_t = 0)]
+    pub slow: usize,
+    /// Feed to publish to: udp:ADDR or unix:PATH.
+    #[arg(long, default_value = "udp:127.0.0.1:9000")]
+    pub feed: String,
+    /// Channel to publish on (must be the one the URL subscribes to).
+    #[arg(long, default_value = "bench")]
+    pub channel: String,
+    /// Bytes of `data` per message.
+    #[arg(long, default_value_t = 128)]
+    pub size: usize,
+    /// Messages per second; several (comma-separated) run as successive steps.
+    #[arg(long, value_delimiter = ',', default_value = "100")]
+    pub rate: Vec<f64>,
+    /// Length of each step (or of the idle hold with --rate 0).
+    #[arg(long, default_value = "10s")]
+    pub duration: String,
+    /// Longest wait after a step for messages still in flight.
+    #[arg(long, default_value = "3s")]
+    pub drain: String,
+    /// Stop at the first step that is not sustained (ratio or p99 missed).
+    #[arg(long)]
+    pub sweep: bool,
+    /// Delivery ratio a step must reach to count as sustained.
+    #[arg(long, default_value_t = 0.999)]
+    pub min_ratio: f64,
+    /// p99 latency a step must stay under to count as sustained.
+    #[arg(long, default_value = "50ms")]
+    pub max_p99: String,
+    /// PID of a server on this host: report its CPU per delivery and RSS.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Also print the report as one JSON line on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// (internal) run as worker N of --processes.
+    #[arg(long, hide = true)]
+    pub worker_index: Option<usize>,
 }
 
 #[derive(Debug, Args)]

@@ -30,8 +30,9 @@ pub(super) struct Subscribed {
 
 /// Which notice acknowledges a set of subscriptions.
 pub(super) enum Ack {
-    /// On connect: `welcome`, with the server's epoch.
-    Welcome,
+    /// On connect: `welcome`, with the server's epoch, sent in one buffer
+    /// with the handshake response that precedes it.
+    Welcome { handshake: Vec<u8> },
     /// After a `subscribe` message.
     Subscribed,
 }
@@ -51,17 +52,30 @@ impl Shard {
         let mut currents = Vec::with_capacity(channels.len());
         let mut resets = Vec::new();
         for name in channels {
-            let s = self.subscribe(slot, name, since(name))?;
+            let s = match self.subscribe(slot, name, since(name)) {
+                Ok(s) => s,
+                Err(e) => {
+                    // The upgrade still completes, so the close that follows
+                    // is a WebSocket close the client can read.
+                    if let Ack::Welcome { handshake } = ack {
+                        self.enqueue(slot, Rc::new(Bytes::from(handshake)));
+                    }
+                    return Err(e);
+                }
+            };
             currents.push((name.as_str(), s.current));
             if s.reset {
                 resets.push(control::reset(name, s.current));
             }
         }
-        let ack = match ack {
-            Ack::Welcome => control::welcome(&self.shared.epoch, &currents),
-            Ack::Subscribed => control::subscribed(&currents),
-        };
-        self.enqueue_text(slot, &ack);
+        match ack {
+            Ack::Welcome { mut handshake } => {
+                let welcome = control::welcome(&self.shared.epoch, &currents);
+                handshake.extend_from_slice(&encode_server_frame(OpCode::Text, welcome.as_bytes()));
+                self.enqueue(slot, Rc::new(Bytes::from(handshake)));
+            }
+            Ack::Subscribed => self.enqueue_text(slot, &control::subscribed(&currents)),
+        }
         for notice in resets {
             self.enqueue_text(slot, &notice);
         }

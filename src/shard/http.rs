@@ -107,10 +107,6 @@ impl Shard {
         } else {
             None
         };
-        let limit = match endpoint {
-            Endpoint::Echo => self.config.echo_max_message,
-            _ => self.config.max_message,
-        };
         let bucket = self.bucket_size();
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
@@ -119,15 +115,17 @@ impl Shard {
         self.websockets += 1;
         conn.endpoint = endpoint;
         conn.phase = Phase::Open;
-        conn.input = Input::Frames(Box::new(FrameReader::new(limit)));
+        conn.input = Input::Frames(None);
         conn.tokens = bucket;
         conn.tokens_at = self.now_ms as u32;
-        let response = Bytes::from(switching_protocols(&accept, None));
-        self.enqueue(slot, Rc::new(response));
+        let response = switching_protocols(&accept, None);
         if let Some(query) = query {
             let since = |name: &str| query.since.iter().find(|(c, _)| c == name).map(|(_, s)| *s);
+            let ack = Ack::Welcome {
+                handshake: response,
+            };
             if self
-                .subscribe_and_notify(slot, &query.channels, &since, Ack::Welcome)
+                .subscribe_and_notify(slot, &query.channels, &since, ack)
                 .is_err()
             {
                 let frame =
@@ -135,6 +133,8 @@ impl Shard {
                 self.close_with(slot, Some(frame), CloseReason::Error);
                 return;
             }
+        } else {
+            self.enqueue(slot, Rc::new(Bytes::from(response)));
         }
         let deadline = self.now_ms + self.config.ping_interval.as_millis() as u64;
         self.set_deadline(slot, deadline);

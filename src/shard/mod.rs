@@ -9,9 +9,7 @@
 //! became possible. Sends are started at the end of an iteration so that
 //! everything queued for a connection during the iteration leaves together.
 
-mod bufring;
 mod conn;
-mod driver;
 mod fanout;
 mod http;
 mod outqueue;
@@ -40,13 +38,11 @@ use crate::protocol::query::parse_ws_query;
 use crate::protocol::reader::{Event, Flow, FrameReader, Violation};
 use crate::server::Shared;
 
+use crate::uring::{Completion, Driver, MAX_IOVECS_PER_SEND, Op};
 use conn::{Conn, Endpoint, Input, PENDING, Phase, ReplayCursor, Slab, Subscription};
-use driver::{Completion, Driver, MAX_IOVECS_PER_SEND, Op};
 use fanout::Ack;
 use outqueue::FrameRef;
 use timer::{TimerEntry, TimerWheel};
-
-pub use driver::Driver as IoDriver;
 
 /// Settings a shard needs, resolved from the serve configuration.
 #[derive(Debug, Clone)]
@@ -723,6 +719,8 @@ impl Shard {
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
         };
+        // A quiet moment: an idle connection gives back its queue storage.
+        conn.out.release_storage();
         if conn.ping_outstanding {
             if !conn.heard {
                 let frame = encode_close_frame(1001, "ping timeout");

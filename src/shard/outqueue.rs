@@ -5,6 +5,10 @@
 //! in flight per connection; it carries the first `in_flight` frames (the
 //! first one possibly from an offset, after a partial send). Everything queued
 //! meanwhile goes out together in the next send.
+//!
+//! The first frame is held inline: at low rates a connection never has more
+//! than one frame waiting, so delivering to it allocates nothing, and an idle
+//! connection holds no queue storage at all (`release_storage`).
 
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -14,9 +18,53 @@ use bytes::Bytes;
 /// An encoded frame (or any bytes to write), shared within one shard.
 pub type FrameRef = Rc<Bytes>;
 
+/// A FIFO of frames whose first element lives inline.
+#[derive(Debug, Default)]
+struct Frames {
+    /// The front; `None` only when the queue is empty.
+    first: Option<FrameRef>,
+    rest: VecDeque<FrameRef>,
+}
+
+impl Frames {
+    fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    fn front(&self) -> Option<&FrameRef> {
+        self.first.as_ref()
+    }
+
+    fn push_back(&mut self, frame: FrameRef) {
+        if self.first.is_none() {
+            self.first = Some(frame);
+        } else {
+            self.rest.push_back(frame);
+        }
+    }
+
+    fn pop_front(&mut self) -> Option<FrameRef> {
+        let front = self.first.take();
+        self.first = self.rest.pop_front();
+        front
+    }
+
+    fn pop_back(&mut self) -> Option<FrameRef> {
+        self.rest.pop_back().or_else(|| self.first.take())
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &FrameRef> {
+        self.first.iter().chain(self.rest.iter())
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct OutQueue {
-    frames: VecDeque<FrameRef>,
+    frames: Frames,
     /// Bytes of `frames[0]` already written.
     front_offset: usize,
     /// Bytes queued and not yet written.
@@ -116,12 +164,19 @@ impl OutQueue {
         released
     }
 
-    /// Releases the queue's storage when it has grown and is now empty, so a
-    /// connection that once had a backlog does not keep the capacity while idle.
-    pub fn shrink_if_idle(&mut self) {
-        if self.frames.is_empty() && self.frames.capacity() > 16 {
-            self.frames = VecDeque::new();
+    /// Releases the overflow storage of an empty queue. Called when a
+    /// connection has been quiet for a while (its heartbeat), not after every
+    /// send: a busy connection keeps its buffer between bursts.
+    pub fn release_storage(&mut self) {
+        if self.frames.is_empty() {
+            self.frames.rest = VecDeque::new();
         }
+    }
+
+    /// Bytes of heap this queue holds for its own bookkeeping.
+    #[cfg(test)]
+    pub fn storage_bytes(&self) -> usize {
+        self.frames.rest.capacity() * std::mem::size_of::<FrameRef>()
     }
 }
 
@@ -187,6 +242,28 @@ mod tests {
         // must be finished so the stream stays on a frame boundary.
         assert_eq!(q.drop_unsent(), 2);
         assert_eq!(collect(&mut q, 8), vec![b"a".to_vec()]);
+    }
+
+    #[test]
+    fn one_frame_at_a_time_allocates_nothing() {
+        let mut q = OutQueue::default();
+        for _ in 0..3 {
+            q.push(frame("x"));
+            collect(&mut q, 8);
+            q.sent(1);
+        }
+        assert_eq!(q.storage_bytes(), 0);
+        q.push(frame("a"));
+        q.push(frame("b"));
+        q.push(frame("c"));
+        assert!(q.storage_bytes() > 0);
+        assert_eq!(
+            collect(&mut q, 8),
+            vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]
+        );
+        q.sent(3);
+        q.release_storage();
+        assert_eq!(q.storage_bytes(), 0);
     }
 
     #[test]

@@ -130,7 +130,6 @@ impl Shard {
             self.stats.add(Counter::SendCalls, 1);
             return;
         }
-        conn.out.shrink_if_idle();
         if conn.phase == Phase::Closing {
             self.linger(slot);
         }

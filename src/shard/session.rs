@@ -20,10 +20,16 @@ impl Shard {
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
         };
-        let Input::Frames(reader) = &mut conn.input else {
+        let echo = conn.endpoint == Endpoint::Echo;
+        let limit = if echo {
+            self.config.echo_max_message
+        } else {
+            self.config.max_message
+        };
+        let Input::Frames(reader_slot) = &mut conn.input else {
             return;
         };
-        let echo = conn.endpoint == Endpoint::Echo;
+        let reader = reader_slot.get_or_insert_with(|| Box::new(FrameReader::new(limit)));
         let out = &mut conn.out;
         let mut queued = 0u64;
         let mut received = 0u64;
@@ -54,6 +60,9 @@ impl Shard {
                 }
             }
         });
+        if reader.is_idle() {
+            *reader_slot = None;
+        }
         self.stats.add(Counter::FramesReceived, received);
         self.note_queued(slot, queued);
         if !echo && !self.take_tokens(slot, received) {

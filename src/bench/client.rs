@@ -1,0 +1,376 @@
+//! The load generator's WebSocket clients: a few threads, each driving
+//! thousands of sockets through its own io_uring (multishot receive into a
+//! provided-buffer ring, as the server does), so the generator is not the
+//! bottleneck. Connections are opened synchronously at a paced rate (a
+//! loopback handshake takes microseconds), then only read.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{IntoRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use super::stats::{Snapshot, monotonic_ns, new_histogram, take_latencies};
+use crate::protocol::frame::encode_client_frame;
+use crate::uring::{Completion, Driver, Op};
+
+/// Where the clients connect.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub host: String,
+    /// Path and query, e.g. `/ws?channels=bench`.
+    pub path: String,
+}
+
+/// One thread's share of the clients.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub target: Target,
+    pub connections: usize,
+    /// How many of them never read after the handshake.
+    pub slow: usize,
+    pub source_ips: Vec<IpAddr>,
+    /// Connections opened per second by this thread.
+    pub connect_rate: f64,
+}
+
+/// What a client thread shares with the reporter.
+#[derive(Default)]
+pub struct Shared {
+    pub snapshot: Mutex<Snapshot>,
+    pub stop: AtomicBool,
+}
+
+pub fn spawn(
+    plan: Plan,
+    index: usize,
+) -> std::io::Result<(std::thread::JoinHandle<()>, Arc<Shared>)> {
+    let shared = Arc::new(Shared::default());
+    let s = shared.clone();
+    let handle = std::thread::Builder::new()
+        .name(format!("bench-client-{index}"))
+        .spawn(move || run(plan, index, &s))?;
+    Ok((handle, shared))
+}
+
+struct Conn {
+    fd: RawFd,
+    /// Bytes of an incomplete frame.
+    partial: Vec<u8>,
+    /// Last bench seq seen (0: none yet).
+    last_seq: u64,
+    open: bool,
+}
+
+struct Counters {
+    snap: Snapshot,
+    hist: Histogram<u64>,
+}
+
+fn run(plan: Plan, index: usize, shared: &Shared) {
+    let mut c = Counters {
+        snap: Snapshot::default(),
+        hist: new_histogram(),
+    };
+    let mut conns: Vec<Conn> = Vec::with_capacity(plan.connections);
+    let mut leftovers = Vec::new();
+    let started = Instant::now();
+    let mut last_publish = Instant::now();
+    for i in 0..plan.connections {
+        if shared.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        // Pace: connection i is due at i / rate seconds.
+        let due = Duration::from_secs_f64(i as f64 / plan.connect_rate.max(1.0));
+        if let Some(wait) = due.checked_sub(started.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        let source = (!plan.source_ips.is_empty())
+            .then(|| plan.source_ips[(i + index) % plan.source_ips.len()]);
+        match connect(&plan.target, source) {
+            Ok((fd, leftover)) => {
+                conns.push(Conn {
+                    fd,
+                    partial: Vec::new(),
+                    last_seq: 0,
+                    open: true,
+                });
+                leftovers.push(leftover);
+                c.snap.open += 1;
+            }
+            Err(e) => {
+                if c.snap.failed == 0 {
+                    eprintln!("ringcast bench: connection failed: {e}");
+                }
+                c.snap.failed += 1;
+            }
+        }
+        if last_publish.elapsed() > Duration::from_millis(100) {
+            publish(&mut c, shared);
+            last_publish = Instant::now();
+        }
+    }
+    publish(&mut c, shared);
+    let mut driver = match Driver::new(4096, 2048, 16 * 1024) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("ringcast bench: {e}");
+            return;
+        }
+    };
+    // The first `slow` connections never read: not even the kernel's
+    // buffers drain, which is what a stuck client looks like to a server.
+    let slow = plan.slow.min(conns.len());
+    for (slot, conn) in conns.iter_mut().enumerate().skip(slow) {
+        if driver.recv(conn.fd, slot as u32, 0).is_err() {
+            conn.open = false;
+        }
+    }
+    for (slot, leftover) in leftovers.into_iter().enumerate().skip(slow) {
+        if !leftover.is_empty() {
+            on_bytes(&mut conns[slot], &leftover, &mut c);
+        }
+    }
+    while !shared.stop.load(Ordering::Relaxed) {
+        if driver
+            .submit_and_wait(Some(Duration::from_millis(50)))
+            .is_err()
+        {
+            break;
+        }
+        let completions = driver.take_reaped();
+        for done in &completions {
+            on_completion(&mut driver, &mut conns, done, &mut c);
+        }
+        driver.restore(completions);
+        if last_publish.elapsed() > Duration::from_millis(100) {
+            publish(&mut c, shared);
+            last_publish = Instant::now();
+        }
+    }
+    publish(&mut c, shared);
+    for conn in &conns {
+        // SAFETY: closing our own descriptors; the ring is dropped right after.
+        unsafe { libc::close(conn.fd) };
+    }
+}
+
+/// Copies the counters and the latencies since the last call out.
+fn publish(c: &mut Counters, shared: &Shared) {
+    let mut snap = shared.snapshot.lock().unwrap_or_else(|e| e.into_inner());
+    let mut latency = std::mem::take(&mut snap.latency);
+    latency.extend(take_latencies(&mut c.hist));
+    *snap = Snapshot {
+        latency,
+        ..c.snap.clone()
+    };
+}
+
+fn on_completion(driver: &mut Driver, conns: &mut [Conn], done: &Completion, c: &mut Counters) {
+    if done.op != Op::Recv {
+        return;
+    }
+    let Some(conn) = conns.get_mut(done.slot as usize) else {
+        return;
+    };
+    if done.result > 0 {
+        if let Some(bid) = done.buffer() {
+            // SAFETY: the buffer was filled by this completion and is
+            // recycled right after; the slice does not outlive this block.
+            let data = unsafe { driver.received(bid, done.result as usize) };
+            on_bytes(conn, data, c);
+            driver.recycle(bid);
+        }
+        if !done.more() && conn.open && driver.recv(conn.fd, done.slot, 0).is_err() {
+            gone(conn, c, false);
+        }
+    } else if done.result == -libc::ENOBUFS {
+        // Buffers ran dry for a moment: they are back now; read again.
+        if driver.recv(conn.fd, done.slot, 0).is_err() {
+            gone(conn, c, false);
+        }
+    } else if !done.more() {
+        gone(conn, c, false);
+    }
+}
+
+fn gone(conn: &mut Conn, c: &mut Counters, slow_cut: bool) {
+    if !conn.open {
+        return;
+    }
+    conn.open = false;
+    c.snap.open -= 1;
+    if slow_cut {
+        c.snap.slow_cut += 1;
+    } else {
+        c.snap.closed += 1;
+    }
+}
+
+fn on_bytes(conn: &mut Conn, data: &[u8], c: &mut Counters) {
+    let mut owned = Vec::new();
+    let buf: &[u8] = if conn.partial.is_empty() {
+        data
+    } else {
+        owned = std::mem::take(&mut conn.partial);
+        owned.extend_from_slice(data);
+        &owned
+    };
+    let mut at = 0;
+    while let Some((opcode, payload, len)) = parse_server_frame(&buf[at..]) {
+        on_frame(conn, opcode, payload, c);
+        at += len;
+    }
+    conn.partial = buf[at..].to_vec();
+    drop(owned);
+}
+
+fn on_frame(conn: &mut Conn, opcode: u8, payload: &[u8], c: &mut Counters) {
+    match opcode {
+        0x0..=0x2 => {
+            let Some((seq, sent_ns)) = bench_stamp(payload) else {
+                return; // a notice, or another server's greeting
+            };
+            c.snap.received += 1;
+            let latency_us = monotonic_ns().saturating_sub(sent_ns) / 1000;
+            let _ = c.hist.record(latency_us.max(1));
+            if conn.last_seq == 0 || seq == conn.last_seq + 1 {
+                conn.last_seq = seq;
+            } else if seq > conn.last_seq {
+                c.snap.gaps += seq - conn.last_seq - 1;
+                conn.last_seq = seq;
+            } else {
+                c.snap.dups += 1;
+            }
+        }
+        0x8 => {
+            let code = (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+            let slow_cut = code == Some(4008);
+            gone(conn, c, slow_cut);
+        }
+        0x9 => {
+            // Answer pings, as any client must; a tiny write that never blocks here.
+            let pong = encode_client_frame(true, 0xA, payload, [7, 7, 7, 7]);
+            // SAFETY: sends from a live buffer on our own socket.
+            unsafe {
+                libc::send(
+                    conn.fd,
+                    pong.as_ptr().cast(),
+                    pong.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+        }
+        _ => {}
+    }
+}
+
+/// Parses one unmasked server frame from the front of `buf`:
+/// (opcode, payload, total length).
+fn parse_server_frame(buf: &[u8]) -> Option<(u8, &[u8], usize)> {
+    if buf.len() < 2 {
+        return None;
+    }
+    let (len, at): (u64, usize) = match buf[1] & 0x7f {
+        126 if buf.len() >= 4 => (u64::from(u16::from_be_bytes([buf[2], buf[3]])), 4),
+        127 if buf.len() >= 10 => (u64::from_be_bytes(buf[2..10].try_into().ok()?), 10),
+        126 | 127 => return None,
+        n => (u64::from(n), 2),
+    };
+    let end = at.checked_add(usize::try_from(len).ok()?)?;
+    if buf.len() < end {
+        return None;
+    }
+    Some((buf[0] & 0x0f, &buf[at..end], end))
+}
+
+/// Finds `"bench":[SEQ,TS` near the start of a payload.
+pub fn bench_stamp(payload: &[u8]) -> Option<(u64, u64)> {
+    const MARK: &[u8] = b"\"bench\":[";
+    let head = &payload[..payload.len().min(512)];
+    let start = head.windows(MARK.len()).position(|w| w == MARK)? + MARK.len();
+    let mut numbers = head[start..]
+        .split(|b| !b.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .map(|s| std::str::from_utf8(s).ok()?.parse::<u64>().ok());
+    Some((numbers.next()??, numbers.next()??))
+}
+
+/// Opens one WebSocket connection; returns the fd and any bytes that came
+/// with the handshake response.
+fn connect(target: &Target, source: Option<IpAddr>) -> std::io::Result<(RawFd, Vec<u8>)> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(target.addr),
+        socket2::Type::STREAM.cloexec(),
+        None,
+    )?;
+    if let Some(ip) = source {
+        socket.bind(&SocketAddr::new(ip, 0).into())?;
+    }
+    socket.connect_timeout(&target.addr.into(), Duration::from_secs(5))?;
+    socket.set_tcp_nodelay(true)?;
+    socket.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut stream: std::net::TcpStream = socket.into();
+    // 16 bytes, base64: unique enough for a load generator.
+    let nonce = (u128::from(monotonic_ns()) << 64) | u128::from(std::process::id());
+    let key = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        nonce.to_le_bytes(),
+    );
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {}\r\n\r\n",
+        target.path, target.host, key
+    );
+    stream.write_all(request.as_bytes())?;
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    let end = loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+        let n = stream.read(&mut chunk)?;
+        if n == 0 || buf.len() > 16 * 1024 {
+            return Err(std::io::Error::other("no handshake response"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    if !buf.starts_with(b"HTTP/1.1 101") {
+        let line = String::from_utf8_lossy(&buf[..buf.len().min(80)]).into_owned();
+        return Err(std::io::Error::other(format!(
+            "upgrade refused: {}",
+            line.lines().next().unwrap_or("")
+        )));
+    }
+    Ok((stream.into_raw_fd(), buf[end..].to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_are_found_in_any_envelope() {
+        assert_eq!(
+            bench_stamp(br#"{"channel":"b","seq":9,"data":{"bench":[42,123456789],"pad":"x"}}"#),
+            Some((42, 123456789))
+        );
+        assert_eq!(bench_stamp(br#"{"bench":[ 7 , 8 ]}"#), Some((7, 8)));
+        assert_eq!(bench_stamp(br#"{"type":"welcome"}"#), None);
+        assert_eq!(bench_stamp(br#"{"bench":[1]}"#), None);
+    }
+
+    #[test]
+    fn server_frames_parse_incrementally() {
+        let f = crate::protocol::frame::encode_server_frame(
+            crate::protocol::frame::OpCode::Text,
+            &[b'a'; 300],
+        );
+        assert_eq!(parse_server_frame(&f[..3]), None);
+        let (op, payload, len) = parse_server_frame(&f).unwrap();
+        assert_eq!((op, payload.len(), len), (1, 300, f.len()));
+    }
+}
