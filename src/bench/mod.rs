@@ -71,6 +71,11 @@ pub struct StepResult {
     pub slow_cut: u64,
     pub latency_us: Percentiles,
     pub server_cpu_ns_per_delivery: Option<f64>,
+    /// Server CPU over the step, in % of one core (100: saturated).
+    pub server_cpu_percent: Option<f64>,
+    /// This load generator's CPU over the step, % of one core per process:
+    /// near 100 means the generator, not the server, may be the limit.
+    pub bench_cpu_percent: Option<f64>,
     pub server_rss_bytes: Option<u64>,
     pub sustained: bool,
 }
@@ -194,6 +199,7 @@ fn run_step(
     let mut interval = new_histogram();
     let before = sources.collect(&mut new_histogram());
     let cpu_before = opts.server_pid.and_then(process_cpu_ns);
+    let own_before = process_cpu_ns(std::process::id());
     let started = Instant::now();
     let duration = opts.duration;
     let handle = std::thread::spawn(move || {
@@ -241,8 +247,16 @@ fn run_step(
     }
     hist.add(&interval).ok();
     let received = end.received - before.received;
-    let cpu = match (cpu_before, opts.server_pid.and_then(process_cpu_ns)) {
-        (Some(a), Some(b)) if received > 0 => Some((b - a) as f64 / received as f64),
+    let wall_ns = started.elapsed().as_nanos() as f64;
+    let server_cpu = match (cpu_before, opts.server_pid.and_then(process_cpu_ns)) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64),
+        _ => None,
+    };
+    let cpu = server_cpu
+        .filter(|_| received > 0)
+        .map(|ns| ns / received as f64);
+    let own_cpu = match (own_before, process_cpu_ns(std::process::id())) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / wall_ns * 100.0),
         _ => None,
     };
     let latency = Percentiles::of(&hist);
@@ -266,6 +280,8 @@ fn run_step(
             slow_cut: end.slow_cut - before.slow_cut,
             latency_us: latency,
             server_cpu_ns_per_delivery: cpu,
+            server_cpu_percent: server_cpu.map(|ns| ns / wall_ns * 100.0),
+            bench_cpu_percent: own_cpu,
             server_rss_bytes: opts.server_pid.and_then(process_rss),
             sustained,
         },
@@ -456,7 +472,7 @@ fn ms(us: u64) -> String {
 /// One line per step, for humans.
 pub fn step_line(s: &StepResult) -> String {
     format!(
-        "rate {:>7.0}/s  {:>11.0} deliveries/s  ratio {:>8.4}%  p50 {:>8} p90 {:>8} p99 {:>8} p99.9 {:>8} max {:>8}  gaps {} dups {} cut {}  server {}  rss {}{}",
+        "rate {:>7.0}/s  {:>11.0} deliveries/s  ratio {:>8.4}%  p50 {:>8} p90 {:>8} p99 {:>8} p99.9 {:>8} max {:>8}  gaps {} dups {} cut {}  server {} cpu {}  rss {}  bench cpu {}{}",
         s.rate,
         s.deliveries_per_sec,
         s.ratio * 100.0,
@@ -470,8 +486,12 @@ pub fn step_line(s: &StepResult) -> String {
         s.slow_cut,
         s.server_cpu_ns_per_delivery
             .map_or("-".to_owned(), |n| format!("{n:.0} ns/delivery")),
+        s.server_cpu_percent
+            .map_or("-".to_owned(), |p| format!("{p:.0}%")),
         s.server_rss_bytes
             .map_or("-".to_owned(), |b| format!("{} MiB", b >> 20)),
+        s.bench_cpu_percent
+            .map_or("-".to_owned(), |p| format!("{p:.0}%")),
         if s.sustained { "" } else { "  (not sustained)" }
     )
 }

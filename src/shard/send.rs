@@ -166,6 +166,7 @@ impl Shard {
             // Whatever was queued during the send leaves now, in one go.
             self.flush(c.slot);
         } else {
+            tracing::debug!(slot = c.slot, errno = -c.result, "send failed");
             self.release(c.slot, true, CloseReason::PeerGone);
         }
     }

@@ -138,8 +138,11 @@ impl Driver {
             if unsafe { self.ring.submission().push(&entry) }.is_ok() {
                 return Ok(());
             }
+            // Queue full: submit what is queued. The arenas are NOT reset
+            // here: `entry` itself may point into them and is not queued yet
+            // (resetting here let the next send overwrite its msghdr). They
+            // are reset after the event loop's own submit.
             self.ring.submit()?;
-            self.reset_arenas_if_submitted();
         }
     }
 
@@ -186,6 +189,12 @@ impl Driver {
                 .build()
                 .user_data(user_data)
         } else {
+            if !self.iovecs.fits(frames.len()) || !self.msgs.fits(1) {
+                // Before a new chunk: submit, so nothing queued points into
+                // the arenas, and start them over (keeps them at one chunk).
+                self.ring.submit()?;
+                self.reset_arenas_if_submitted();
+            }
             let iov = self.iovecs.alloc(frames.len());
             for (slot, (ptr, len)) in iov.iter_mut().zip(frames) {
                 *slot = libc::iovec {
@@ -340,6 +349,11 @@ impl<T: Copy> Arena<T> {
         }
     }
 
+    /// Whether `n` more fit in the current chunk.
+    fn fits(&self, n: usize) -> bool {
+        !self.chunks.is_empty() && self.used + n <= ARENA_CHUNK
+    }
+
     fn alloc(&mut self, n: usize) -> &mut [T] {
         assert!(n <= ARENA_CHUNK, "arena request larger than a chunk");
         if self.chunks.is_empty() || self.used + n > ARENA_CHUNK {
@@ -377,6 +391,59 @@ mod tests {
         assert_eq!((t >> 56) as u8, Op::Send as u8);
         assert_eq!(t as u32, 0xdead_beef);
         assert_eq!(((t >> 32) as u32) & 0xff_ffff, 0x23_4567);
+    }
+
+    /// Many multi-frame sends through a tiny submission queue: pushing an
+    /// entry when the queue is full submits the others first, and the
+    /// scratch memory the pending entry points at must survive that.
+    #[test]
+    fn vectored_sends_survive_a_full_submission_queue() {
+        let mut fds = [0 as RawFd; 2];
+        // SAFETY: socketpair fills the two-element array.
+        let rc = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, fds.as_mut_ptr()) };
+        assert_eq!(rc, 0);
+        let mut driver = Driver::new(8, 16, 512).expect("io_uring");
+        // 40 sends of 3 frames each, distinct bytes, all before any wait.
+        let frames: Vec<Vec<u8>> = (0..120u32)
+            .map(|i| format!("<{i:03}>").into_bytes())
+            .collect();
+        for (n, chunk) in frames.chunks(3).enumerate() {
+            let parts: Vec<(*const u8, usize)> =
+                chunk.iter().map(|f| (f.as_ptr(), f.len())).collect();
+            // SAFETY: `frames` outlives every completion reaped below.
+            unsafe { driver.send(fds[0], n as u32, 0, &parts) }.unwrap();
+        }
+        let mut sent = 0;
+        while sent < 40 {
+            driver
+                .submit_and_wait(Some(Duration::from_secs(5)))
+                .unwrap();
+            let done = driver.take_reaped();
+            for c in &done {
+                assert_eq!(c.op, Op::Send);
+                assert_eq!(c.result, 15, "send {} failed: {}", c.slot, c.result);
+                sent += 1;
+            }
+            driver.restore(done);
+        }
+        let mut got = vec![0u8; 600];
+        let mut have = 0;
+        while have < 600 {
+            // SAFETY: reads into the unfilled tail of `got`.
+            let n = unsafe { libc::read(fds[1], got[have..].as_mut_ptr().cast(), 600 - have) };
+            assert!(n > 0);
+            have += n as usize;
+        }
+        assert_eq!(
+            got,
+            frames.concat(),
+            "bytes out of order or from the wrong send"
+        );
+        // SAFETY: closing the pair we opened.
+        unsafe {
+            libc::close(fds[0]);
+            libc::close(fds[1]);
+        }
     }
 
     #[test]
