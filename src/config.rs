@@ -68,6 +68,11 @@ pub struct ServeConfig {
     /// On SIGTERM, how long clients get to go after their 1001 before the
     /// rest is cut. 10 s covers a close handshake on a slow mobile link.
     pub drain_timeout: Duration,
+    /// Kernel send buffer per client socket (`SO_SNDBUF`); `None` leaves
+    /// it to the kernel's autotuning (up to `net.ipv4.tcp_wmem`'s max, 4 MiB
+    /// by default). A stuck client holds up to this in kernel memory before
+    /// ringcast's own queue (`high-water`) starts to fill.
+    pub send_buffer: Option<u64>,
     /// Log output format.
     pub log_format: LogFormat,
 }
@@ -105,6 +110,7 @@ impl Default for ServeConfig {
             max_connections: None,
             max_connections_per_shard: None,
             drain_timeout: Duration::from_secs(10),
+            send_buffer: None,
             log_format: LogFormat::Text,
         }
     }
@@ -136,6 +142,7 @@ pub const KEYS: &[&str] = &[
     "max-connections",
     "max-connections-per-shard",
     "drain-timeout",
+    "send-buffer",
     "log-format",
 ];
 
@@ -242,6 +249,11 @@ impl ServeConfig {
                 self.max_connections_per_shard = Some(parse_count(value, 1, 100_000_000)?)
             }
             "drain-timeout" => self.drain_timeout = parse_duration(value)?,
+            "send-buffer" => {
+                self.send_buffer = parse_off(value)
+                    .map(|v| parse_size(v, 4096, 1 << 30))
+                    .transpose()?
+            }
             "log-format" => {
                 self.log_format = match value {
                     "text" => LogFormat::Text,

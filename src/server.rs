@@ -281,6 +281,7 @@ pub fn start(config: &ServeConfig) -> Result<Running, StartError> {
         inbox_capacity: SHARD_INBOX,
         max_connections,
         max_connections_per_shard: config.max_connections_per_shard.unwrap_or(usize::MAX),
+        send_buffer: config.send_buffer.map(|b| b.min(i32::MAX as u64) as u32),
         client_rate: config.client_rate,
     });
     let shared = Arc::new(Shared::new(shard_count, config.max_channels));

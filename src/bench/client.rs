@@ -91,7 +91,10 @@ fn run(plan: Plan, index: usize, shared: &Shared) {
         }
         let source = (!plan.source_ips.is_empty())
             .then(|| plan.source_ips[(i + index) % plan.source_ips.len()]);
-        match connect(&plan.target, source) {
+        // The first `slow` connections are stuck clients: a small receive
+        // window, as a suspended mobile browser has.
+        let rcvbuf = (i < plan.slow).then_some(4096);
+        match connect(&plan.target, source, rcvbuf) {
             Ok((fd, leftover)) => {
                 conns.push(Conn {
                     fd,
@@ -148,6 +151,7 @@ fn run(plan: Plan, index: usize, shared: &Shared) {
         }
         driver.restore(completions);
         if last_publish.elapsed() > Duration::from_millis(100) {
+            check_slow(&mut conns[..slow], &mut c);
             publish(&mut c, shared);
             last_publish = Instant::now();
         }
@@ -156,6 +160,33 @@ fn run(plan: Plan, index: usize, shared: &Shared) {
     for conn in &conns {
         // SAFETY: closing our own descriptors; the ring is dropped right after.
         unsafe { libc::close(conn.fd) };
+    }
+}
+
+/// `TCP_ESTABLISHED` in the kernel's include/net/tcp_states.h.
+const TCP_ESTABLISHED: u8 = 1;
+
+/// Slow connections are never read, so a server closing them is seen in
+/// the TCP state instead: once it is no longer ESTABLISHED (FIN after the
+/// server's 4008 close, or a reset), the server has cut the client.
+fn check_slow(slow: &mut [Conn], c: &mut Counters) {
+    for conn in slow.iter_mut().filter(|conn| conn.open) {
+        // SAFETY: tcp_info is plain data; all-zero is a valid value.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: pointer and length describe `info`, which we own.
+        let rc = unsafe {
+            libc::getsockopt(
+                conn.fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&mut info as *mut libc::tcp_info).cast(),
+                &mut len,
+            )
+        };
+        if rc == 0 && info.tcpi_state != TCP_ESTABLISHED {
+            gone(conn, c, true);
+        }
     }
 }
 
@@ -302,12 +333,19 @@ pub fn bench_stamp(payload: &[u8]) -> Option<(u64, u64)> {
 
 /// Opens one WebSocket connection; returns the fd and any bytes that came
 /// with the handshake response.
-fn connect(target: &Target, source: Option<IpAddr>) -> std::io::Result<(RawFd, Vec<u8>)> {
+fn connect(
+    target: &Target,
+    source: Option<IpAddr>,
+    rcvbuf: Option<usize>,
+) -> std::io::Result<(RawFd, Vec<u8>)> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(target.addr),
         socket2::Type::STREAM.cloexec(),
         None,
     )?;
+    if let Some(size) = rcvbuf {
+        socket.set_recv_buffer_size(size)?;
+    }
     if let Some(ip) = source {
         socket.bind(&SocketAddr::new(ip, 0).into())?;
     }

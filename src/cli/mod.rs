@@ -195,6 +195,9 @@ pub struct ServeArgs {
     /// On SIGTERM, how long clients get to leave after their 1001 [default: 10s].
     #[arg(long, value_name = "DURATION")]
     pub drain_timeout: Option<String>,
+    /// Kernel send buffer per client socket, or `off` for the kernel's autotuning [default: off].
+    #[arg(long, value_name = "BYTES")]
+    pub send_buffer: Option<String>,
     /// Log format: text or json [default: text].
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<String>,
@@ -227,6 +230,7 @@ impl ServeArgs {
             ("max-connections", &self.max_connections),
             ("max-connections-per-shard", &self.max_connections_per_shard),
             ("drain-timeout", &self.drain_timeout),
+            ("send-buffer", &self.send_buffer),
             ("log-format", &self.log_format),
         ];
         let mut given: Vec<(&'static str, String)> = options

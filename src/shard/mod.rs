@@ -64,6 +64,8 @@ pub struct ShardConfig {
     pub max_connections: usize,
     /// Connections this shard accepts.
     pub max_connections_per_shard: usize,
+    /// `SO_SNDBUF` for client sockets; `None`: kernel autotuning.
+    pub send_buffer: Option<u32>,
 }
 
 /// A channel message for a shard: the frame, encoded once by the feed and
@@ -409,7 +411,10 @@ impl Shard {
     }
 
     fn open_conn(&mut self, fd: RawFd) {
-        set_nodelay(fd);
+        set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1);
+        if let Some(size) = self.config.send_buffer {
+            set_int_option(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, size as libc::c_int);
+        }
         let total = self.shared.connections.fetch_add(1, Ordering::Relaxed) + 1;
         let over = total > self.config.max_connections
             || self.conns.len() >= self.config.max_connections_per_shard;
@@ -803,15 +808,14 @@ impl Drop for Shard {
     }
 }
 
-fn set_nodelay(fd: RawFd) {
-    let one: libc::c_int = 1;
-    // SAFETY: passes a live c_int of the right size for TCP_NODELAY.
+fn set_int_option(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) {
+    // SAFETY: passes a live c_int of the right size for an int option.
     unsafe {
         libc::setsockopt(
             fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_NODELAY,
-            (&one as *const libc::c_int).cast(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         );
     }
