@@ -9,6 +9,8 @@
 //! became possible. Sends are started at the end of an iteration so that
 //! everything queued for a connection during the iteration leaves together.
 
+#[doc(hidden)]
+pub mod bench_support;
 mod conn;
 mod fanout;
 mod http;

@@ -1,0 +1,40 @@
+//! A small `ringcast bench` run against a real server: every published
+//! message reaches every client, and the JSON report says so.
+
+mod common;
+
+use std::process::Command;
+
+use common::{BIN, Server};
+
+#[test]
+fn bench_smoke_run() {
+    let server = Server::start(&["--udp", "127.0.0.1:0"]);
+    let out = Command::new(BIN)
+        .args(["bench", "--url", &server.url("/ws?channels=bench")])
+        .args(["--feed", &format!("udp:{}", server.udp.unwrap())])
+        .args(["--connections", "300", "--processes", "2", "--slow", "2"])
+        .args(["--rate", "20,40", "--duration", "1s", "--json"])
+        .args(["--server-pid", &server.pid().to_string()])
+        .output()
+        .expect("run ringcast bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(report["connections"], 300);
+    let steps = report["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 2);
+    for step in steps {
+        assert_eq!(step["received"], step["expected"], "{step}");
+        assert_eq!(step["expected"], step["published"].as_u64().unwrap() * 298);
+        assert_eq!(step["gaps"], 0);
+        assert_eq!(step["dups"], 0);
+        assert!(step["latency_us"]["p99"].as_u64().unwrap() > 0);
+        assert!(step["server_cpu_ns_per_delivery"].as_f64().unwrap() > 0.0);
+    }
+    assert!(report["server_rss_per_connection"].is_number());
+}
