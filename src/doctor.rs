@@ -24,11 +24,12 @@ pub struct Check {
 }
 
 /// Kernel memory per idle established TCP socket (socket, tcp_sock, file,
-/// dentry/inode, io_uring poll entry), measured on Linux 6.18 with
-/// `ringcast bench` S3 (see tuning/README.md).
-pub const KERNEL_BYTES_PER_IDLE_SOCKET: u64 = 4 * 1024;
-/// ringcast's own memory per idle connection (S3; DESIGN.md target 512 B).
-pub const RINGCAST_BYTES_PER_CONNECTION: u64 = 512;
+/// inode/dentry, io_uring receive state): slab growth measured on Linux 6.18
+/// with 19,000 idle loopback connections (see tuning/README.md).
+pub const KERNEL_BYTES_PER_IDLE_SOCKET: u64 = 5632;
+/// ringcast's own memory per idle connection: RSS growth measured with
+/// `ringcast bench` (S3: 238 bytes at 19,000 connections), rounded up.
+pub const RINGCAST_BYTES_PER_CONNECTION: u64 = 256;
 /// File descriptors ringcast needs besides clients: listeners, rings,
 /// eventfds, feed sockets and publishers, logs.
 pub fn reserved_fds(cpus: u64) -> u64 {
