@@ -9,6 +9,11 @@
  *   });
  *   rc.subscribe(["news"]); rc.unsubscribe(["prices"]); rc.close();
  *
+ * With authentication, pass `token`: a string, or a function returning one
+ * (or a Promise of one), called before every connection attempt, so a token
+ * that expired (close 4001) is replaced on reconnect. It is sent as the
+ * subprotocol `token.<token>`, which keeps it out of URLs and proxy logs.
+ *
  * It reconnects on its own (exponential backoff with full jitter, capped,
  * reset once a connection has been stable), resumes every channel from the
  * last seq it saw (`since=`), so nothing is lost across a reconnect that the
@@ -37,6 +42,7 @@
     onStatus: function () {},
     onError: function () {},
     random: Math.random,
+    token: null,
     WebSocket: null
   };
 
@@ -93,12 +99,33 @@
 
   Ringcast.prototype._connect = function () {
     var self = this;
+    this._status("connecting");
+    var token = this.options.token;
+    if (typeof token === "function") {
+      try {
+        token = token();
+      } catch (e) {
+        this.options.onError("token: " + e);
+        return this._scheduleReconnect("no token");
+      }
+    }
+    if (token && typeof token.then === "function") {
+      token.then(
+        function (t) { if (!self.closed) self._open(t); },
+        function (e) { self.options.onError("token: " + e); self._scheduleReconnect("no token"); }
+      );
+    } else {
+      this._open(token);
+    }
+  };
+
+  Ringcast.prototype._open = function (token) {
+    var self = this;
     var Ctor = this.options.WebSocket || root.WebSocket;
     if (!Ctor) throw new Error("ringcast.js: no WebSocket implementation available");
-    this._status("connecting");
     var ws;
     try {
-      ws = new Ctor(this._resumeUrl());
+      ws = token ? new Ctor(this._resumeUrl(), ["token." + token]) : new Ctor(this._resumeUrl());
     } catch (e) {
       this.options.onError(String(e));
       this._scheduleReconnect("cannot connect");

@@ -73,6 +73,30 @@ pub struct ServeConfig {
     /// by default). A stuck client holds up to this in kernel memory before
     /// ringcast's own queue (`high-water`) starts to fill.
     pub send_buffer: Option<u64>,
+    /// Require a signed token (see `auth`): the file holding the secret(s).
+    /// Off by default.
+    pub auth_secret_file: Option<PathBuf>,
+    /// With auth on, a client that connected without a token has this long
+    /// to send `{"type":"auth","token":…}` before it is closed (4001).
+    pub auth_timeout: Duration,
+    /// Origins a browser may connect from (`https://app.example.com`,
+    /// `https://*.example.com`); empty: any. Requests without an Origin
+    /// header (non-browser clients) are not affected.
+    pub allowed_origins: Vec<String>,
+    /// Connections one client IP may hold (0: no limit). Generous, for
+    /// offices and carrier NAT sharing an address.
+    pub max_connections_per_ip: usize,
+    /// New connections per second one client IP may open (bursts of twice
+    /// that; 0: no limit): reconnect storms pass, floods do not.
+    pub handshake_rate_per_ip: u32,
+    /// Apply the per-IP limits to loopback peers too. Off by default: on
+    /// loopback the peer is usually a local proxy (nginx) carrying everyone.
+    pub limit_loopback: bool,
+    /// Largest HTTP request head (request line + headers); larger gets 431.
+    pub max_request_header: usize,
+    /// Bytes per second a `/ws` client may send (bursts of twice that, or of
+    /// two maximal messages); above it, close 1008.
+    pub client_bytes_rate: u64,
     /// Log output format.
     pub log_format: LogFormat,
 }
@@ -111,6 +135,14 @@ impl Default for ServeConfig {
             max_connections_per_shard: None,
             drain_timeout: Duration::from_secs(10),
             send_buffer: None,
+            auth_secret_file: None,
+            auth_timeout: Duration::from_secs(10),
+            allowed_origins: Vec::new(),
+            max_connections_per_ip: 1000,
+            handshake_rate_per_ip: 100,
+            limit_loopback: false,
+            max_request_header: 8 * 1024,
+            client_bytes_rate: 64 * 1024,
             log_format: LogFormat::Text,
         }
     }
@@ -143,6 +175,14 @@ pub const KEYS: &[&str] = &[
     "max-connections-per-shard",
     "drain-timeout",
     "send-buffer",
+    "auth-secret-file",
+    "auth-timeout",
+    "allowed-origins",
+    "max-connections-per-ip",
+    "handshake-rate-per-ip",
+    "limit-loopback",
+    "max-request-header",
+    "client-bytes-rate",
     "log-format",
 ];
 
@@ -254,6 +294,27 @@ impl ServeConfig {
                     .map(|v| parse_size(v, 4096, 1 << 30))
                     .transpose()?
             }
+            "auth-secret-file" => self.auth_secret_file = parse_off(value).map(PathBuf::from),
+            "auth-timeout" => self.auth_timeout = parse_duration(value)?,
+            "allowed-origins" => {
+                self.allowed_origins = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|o| !o.is_empty() && *o != "*")
+                    .map(|o| parse_origin_pattern(o).map(|()| o.to_ascii_lowercase()))
+                    .collect::<Result<_, _>>()?
+            }
+            "max-connections-per-ip" => {
+                self.max_connections_per_ip = parse_count(value, 0, 100_000_000)?
+            }
+            "handshake-rate-per-ip" => {
+                self.handshake_rate_per_ip = parse_count(value, 0, 1_000_000)? as u32
+            }
+            "limit-loopback" => self.limit_loopback = parse_bool(value)?,
+            "max-request-header" => {
+                self.max_request_header = parse_size(value, 1024, 64 * 1024)? as usize
+            }
+            "client-bytes-rate" => self.client_bytes_rate = parse_size(value, 1024, 1 << 30)?,
             "log-format" => {
                 self.log_format = match value {
                     "text" => LogFormat::Text,
@@ -287,6 +348,20 @@ impl ServeConfig {
             ));
         }
         Ok(())
+    }
+}
+
+/// `scheme://host[:port]`, where host may start with `*.`.
+fn parse_origin_pattern(value: &str) -> Result<(), String> {
+    let ok = value.split_once("://").is_some_and(|(scheme, host)| {
+        !scheme.is_empty() && !host.is_empty() && !host.contains('/') && !host[1..].contains('*')
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "'{value}' is not an origin: expected scheme://host[:port], e.g. https://app.example.com or https://*.example.com"
+        ))
     }
 }
 
@@ -389,6 +464,8 @@ mod tests {
     fn errors_name_the_bad_value() {
         let e = ServeConfig::load(None, &[("high-water", "lots".into())]).unwrap_err();
         assert!(e.0.contains("--high-water 'lots'"), "{e}");
+        let e = ServeConfig::load(None, &[("allowed-origins", "example.com".into())]).unwrap_err();
+        assert!(e.0.contains("not an origin"), "{e}");
         let e = ServeConfig::load(None, &[("shards", "0".into())]).unwrap_err();
         assert!(e.0.contains("--shards '0'"), "{e}");
         let dir = tempfile::tempdir().unwrap();

@@ -4,11 +4,13 @@
 //! loops that own the connections; `server` starts them and runs the control
 //! plane; `metrics` counts; `config` and `cli` read what the operator asked for.
 
+pub mod auth;
 pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod doctor;
 pub mod feed;
+pub mod limits;
 pub mod metrics;
 pub mod notify;
 pub mod protocol;

@@ -3,7 +3,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use ringcast::cli::{BenchArgs, Cli, Command, PublishArgs};
+use ringcast::cli::{BenchArgs, Cli, Command, PublishArgs, TokenArgs};
 use ringcast::config::{LogFormat, ServeConfig};
 use ringcast::publish::{PublishOptions, Target};
 
@@ -32,11 +32,32 @@ fn main() -> ExitCode {
         }
         Command::Publish(args) => publish(args),
         Command::Bench(args) => bench(args),
+        Command::Token(args) => token(args),
         Command::Doctor(args) => {
             let checks = ringcast::doctor::run(args.connections);
             let (report, code) = ringcast::doctor::report(args.connections, &checks);
             print!("{report}");
             ExitCode::from(code as u8)
+        }
+    }
+}
+
+fn token(args: TokenArgs) -> ExitCode {
+    let Ok(ttl) = humantime::parse_duration(&args.ttl) else {
+        eprintln!(
+            "ringcast token: invalid --ttl '{}': expected e.g. 15m, 1h",
+            args.ttl
+        );
+        return ExitCode::from(2);
+    };
+    match ringcast::auth::mint(&args.secret_file, &args.channels, ttl, args.sub) {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ringcast token: {e}");
+            ExitCode::from(1)
         }
     }
 }

@@ -23,10 +23,13 @@ pub enum Counter {
     FramesReplayed,
     ClientErrors,
     ConnectionsRefused,
+    RefusedPerIp,
+    RefusedOrigin,
+    AuthFailures,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 12] = [
+    pub const ALL: [Counter; 15] = [
         Counter::ConnectionsAccepted,
         Counter::HandshakesRejected,
         Counter::HttpRequests,
@@ -39,6 +42,9 @@ impl Counter {
         Counter::FramesReplayed,
         Counter::ClientErrors,
         Counter::ConnectionsRefused,
+        Counter::RefusedPerIp,
+        Counter::RefusedOrigin,
+        Counter::AuthFailures,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -79,6 +85,18 @@ impl Counter {
             Counter::ConnectionsRefused => (
                 "ringcast_connections_refused_total",
                 "Connections refused with 503 because the server or shard was at --max-connections.",
+            ),
+            Counter::RefusedPerIp => (
+                "ringcast_connections_refused_per_ip_total",
+                "Connections refused with 429: the client IP held too many or opened them too fast.",
+            ),
+            Counter::RefusedOrigin => (
+                "ringcast_handshakes_refused_origin_total",
+                "Browser upgrades refused with 403: Origin not in --allowed-origins.",
+            ),
+            Counter::AuthFailures => (
+                "ringcast_auth_failures_total",
+                "Missing, invalid or expired tokens, and subscriptions outside a token's channels.",
             ),
             Counter::FramesReplayed => (
                 "ringcast_frames_replayed_total",

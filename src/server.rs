@@ -15,6 +15,7 @@ use crate::config::ServeConfig;
 use crate::feed::envelope::FeedError;
 use crate::feed::registry::{HistoryLimits, Registry};
 use crate::feed::{Distributor, FeedStats, HistoryConfig, ingest};
+use crate::limits::PeerLimits;
 use crate::metrics::{self, SharedStats};
 use crate::shard::{self, ShardConfig, ShardHandle, ShardMsg};
 
@@ -40,13 +41,15 @@ pub struct Shared {
     pub epoch: String,
     /// Connections open on all shards (checked against --max-connections).
     pub connections: AtomicUsize,
+    /// Per-client-IP limits.
+    pub peers: PeerLimits,
     /// Per shard, when its event loop last turned (ms since `started`):
     /// the systemd watchdog is only fed while every shard is alive.
     pub shard_heartbeat: Vec<AtomicU64>,
 }
 
 impl Shared {
-    pub fn new(shards: usize, max_channels: usize) -> Shared {
+    pub fn new(shards: usize, max_channels: usize, peers: PeerLimits) -> Shared {
         Shared {
             shard_stats: (0..shards).map(|_| SharedStats::default()).collect(),
             draining: AtomicBool::new(false),
@@ -56,6 +59,7 @@ impl Shared {
             udp_inode: AtomicU64::new(0),
             epoch: new_epoch(),
             connections: AtomicUsize::new(0),
+            peers,
             shard_heartbeat: (0..shards).map(|_| AtomicU64::new(0)).collect(),
         }
     }
@@ -138,6 +142,14 @@ impl Shared {
             "gauge",
         );
         let _ = writeln!(out, "{name} {}", feed.unix_publishers.load(Relaxed));
+        let name = "ringcast_limited_ips";
+        metrics::write_header(
+            out,
+            name,
+            "Client IPs tracked by the per-IP limits.",
+            "gauge",
+        );
+        let _ = writeln!(out, "{name} {}", self.peers.tracked());
         let name = "ringcast_channels";
         metrics::write_header(out, name, "Channels known to the server.", "gauge");
         let _ = writeln!(out, "{name} {}", self.registry.len());
@@ -261,6 +273,12 @@ pub fn start(config: &ServeConfig) -> Result<Running, StartError> {
         );
     }
     let max_connections = connection_budget(config, open_files, shard_count);
+    let auth = match &config.auth_secret_file {
+        Some(path) => Some(Arc::new(
+            crate::auth::Authenticator::from_file(path).map_err(StartError)?,
+        )),
+        None => None,
+    };
     let listeners = bind_listeners(config.listen, shard_count)?;
     let listen = listeners[0]
         .local_addr()
@@ -282,9 +300,19 @@ pub fn start(config: &ServeConfig) -> Result<Running, StartError> {
         max_connections,
         max_connections_per_shard: config.max_connections_per_shard.unwrap_or(usize::MAX),
         send_buffer: config.send_buffer.map(|b| b.min(i32::MAX as u64) as u32),
+        auth,
+        auth_timeout: config.auth_timeout,
+        allowed_origins: config.allowed_origins.clone(),
+        max_request_header: config.max_request_header,
+        client_bytes_rate: config.client_bytes_rate.min(u64::from(u32::MAX / 4)) as u32,
         client_rate: config.client_rate,
     });
-    let shared = Arc::new(Shared::new(shard_count, config.max_channels));
+    let peers = PeerLimits::new(
+        config.max_connections_per_ip,
+        config.handshake_rate_per_ip,
+        config.limit_loopback,
+    );
+    let shared = Arc::new(Shared::new(shard_count, config.max_channels, peers));
     let mut shards = Vec::with_capacity(shard_count);
     for (index, listener) in listeners.into_iter().enumerate() {
         let cpu = cpus[index % cpus.len()];

@@ -25,6 +25,25 @@ pub enum Command {
     Doctor(DoctorArgs),
     /// Fan-out load generator: N WebSocket clients, a paced feed, a report.
     Bench(BenchArgs),
+    /// Print a signed token (for --auth-secret-file servers), for testing and ops.
+    Token(TokenArgs),
+}
+
+/// `ringcast token`: mints a JWT (HS256) with the first secret of the file.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// The server's secret file (the first line signs).
+    #[arg(long, value_name = "FILE")]
+    pub secret_file: PathBuf,
+    /// Channels the token allows: names, `prefix*`, or `*` for all.
+    #[arg(long, value_name = "A,B", value_delimiter = ',', required = true)]
+    pub channels: Vec<String>,
+    /// Lifetime [default: 1h]. Prefer short ones: tokens in URLs end up in proxy logs.
+    #[arg(long, value_name = "DURATION", default_value = "1h")]
+    pub ttl: String,
+    /// Who the token is for (recorded in the token, not checked).
+    #[arg(long, value_name = "NAME")]
+    pub sub: Option<String>,
 }
 
 /// `ringcast bench`. Works against any WebSocket server that broadcasts the
@@ -198,6 +217,30 @@ pub struct ServeArgs {
     /// Kernel send buffer per client socket, or `off` for the kernel's autotuning [default: off].
     #[arg(long, value_name = "BYTES")]
     pub send_buffer: Option<String>,
+    /// Require signed tokens; the file holds the secret(s), one per line [default: off].
+    #[arg(long, value_name = "FILE")]
+    pub auth_secret_file: Option<String>,
+    /// Time a client without a token has to send an auth message [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    pub auth_timeout: Option<String>,
+    /// Origins browsers may connect from, comma-separated; `*.` wildcards [default: any].
+    #[arg(long, value_name = "ORIGINS")]
+    pub allowed_origins: Option<String>,
+    /// Connections one client IP may hold; 0 = no limit [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_ip: Option<String>,
+    /// New connections per second per client IP (bursts of 2x); 0 = no limit [default: 100].
+    #[arg(long, value_name = "N")]
+    pub handshake_rate_per_ip: Option<String>,
+    /// Apply per-IP limits to loopback peers too (off: a local proxy carries everyone) [default: false].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub limit_loopback: Option<String>,
+    /// Largest HTTP request head; larger gets 431 [default: 8KiB].
+    #[arg(long, value_name = "BYTES")]
+    pub max_request_header: Option<String>,
+    /// Bytes per second a /ws client may send before it is closed (1008) [default: 64KiB].
+    #[arg(long, value_name = "BYTES")]
+    pub client_bytes_rate: Option<String>,
     /// Log format: text or json [default: text].
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<String>,
@@ -231,6 +274,14 @@ impl ServeArgs {
             ("max-connections-per-shard", &self.max_connections_per_shard),
             ("drain-timeout", &self.drain_timeout),
             ("send-buffer", &self.send_buffer),
+            ("auth-secret-file", &self.auth_secret_file),
+            ("auth-timeout", &self.auth_timeout),
+            ("allowed-origins", &self.allowed_origins),
+            ("max-connections-per-ip", &self.max_connections_per_ip),
+            ("handshake-rate-per-ip", &self.handshake_rate_per_ip),
+            ("limit-loopback", &self.limit_loopback),
+            ("max-request-header", &self.max_request_header),
+            ("client-bytes-rate", &self.client_bytes_rate),
             ("log-format", &self.log_format),
         ];
         let mut given: Vec<(&'static str, String)> = options

@@ -20,6 +20,8 @@ pub enum ClientMessage {
     },
     /// `{"type":"unsubscribe","channels":[...]}`.
     Unsubscribe { channels: Vec<String> },
+    /// `{"type":"auth","token":"…"}`: authenticate (or refresh the token).
+    Auth { token: String },
 }
 
 /// Parses a client text message; the error is a reason for the client.
@@ -29,7 +31,7 @@ pub fn parse_client_message(text: &[u8]) -> Result<ClientMessage, String> {
             "not valid JSON".to_owned()
         } else {
             format!(
-                "not a valid control message: {e} (expected type ping, subscribe or unsubscribe)"
+                "not a valid control message: {e} (expected type ping, subscribe, unsubscribe or auth)"
             )
         }
     })
@@ -67,6 +69,11 @@ pub fn gap(channel: &str, from: u64, to: u64) -> String {
 /// message will be `current + 1`. (Not `seq`: notices never carry one.)
 pub fn reset(channel: &str, current: u64) -> String {
     json!({"type": "reset", "channel": channel, "current": current}).to_string()
+}
+
+/// A token was accepted; it expires at `expires` (Unix seconds).
+pub fn authenticated(expires: u64) -> String {
+    json!({"type": "authenticated", "expires": expires}).to_string()
 }
 
 pub fn pong() -> String {
@@ -128,6 +135,7 @@ mod tests {
             gap("a", 1, 5),
             reset("a", 0),
             pong(),
+            authenticated(1),
             error("bad \"thing\""),
         ] {
             let v: serde_json::Value = serde_json::from_str(&text).unwrap();

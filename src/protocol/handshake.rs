@@ -6,7 +6,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use sha1::{Digest, Sha1};
 
-/// Longest request head accepted (request line + headers). Larger → 431.
+/// Default longest request head (request line + headers). Larger → 431.
 pub const MAX_REQUEST_HEAD: usize = 8 * 1024;
 /// Most headers in one request; more → 431.
 const MAX_HEADERS: usize = 64;
@@ -59,6 +59,14 @@ impl HeadError {
 /// first `n` bytes; anything after it is already the client's next data
 /// (pipelined WebSocket frames, for example).
 pub fn parse_request_head(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, HeadError> {
+    parse_request_head_limited(buf, MAX_REQUEST_HEAD)
+}
+
+/// As [`parse_request_head`], with heads longer than `max_head` refused.
+pub fn parse_request_head_limited(
+    buf: &[u8],
+    max_head: usize,
+) -> Result<Option<(RequestHead, usize)>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let status = match req.parse(buf) {
@@ -68,12 +76,12 @@ pub fn parse_request_head(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, He
     };
     let len = match status {
         httparse::Status::Complete(len) => len,
-        httparse::Status::Partial if buf.len() >= MAX_REQUEST_HEAD => {
+        httparse::Status::Partial if buf.len() >= max_head => {
             return Err(HeadError::TooLarge);
         }
         httparse::Status::Partial => return Ok(None),
     };
-    if len > MAX_REQUEST_HEAD {
+    if len > max_head {
         return Err(HeadError::TooLarge);
     }
     // httparse guarantees these are present on a complete parse.

@@ -10,6 +10,9 @@ pub struct WsQuery {
     pub channels: Vec<String>,
     /// Resume points: deliver what came after this seq, per channel.
     pub since: Vec<(String, u64)>,
+    /// An auth token passed as `token=` (logged by proxies: prefer the
+    /// subprotocol or the auth message, and short-lived tokens).
+    pub token: Option<String>,
 }
 
 /// Parses `channels=a,b` (percent-encoding allowed) and `since=41` (one
@@ -18,8 +21,11 @@ pub struct WsQuery {
 pub fn parse_ws_query(query: &str, max_channels: usize) -> Result<WsQuery, String> {
     let mut channels: Option<Vec<String>> = None;
     let mut since_text: Option<String> = None;
+    let mut token = None;
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
-        if key == "since" {
+        if key == "token" {
+            token = Some(value.into_owned());
+        } else if key == "since" {
             since_text = Some(value.into_owned());
         } else if key == "channels" {
             let list = channels.get_or_insert_with(Vec::new);
@@ -47,7 +53,11 @@ pub fn parse_ws_query(query: &str, max_channels: usize) -> Result<WsQuery, Strin
         None => Vec::new(),
         Some(text) => parse_since(&text, &channels)?,
     };
-    Ok(WsQuery { channels, since })
+    Ok(WsQuery {
+        channels,
+        since,
+        token,
+    })
 }
 
 fn parse_since(text: &str, channels: &[String]) -> Result<Vec<(String, u64)>, String> {
@@ -134,5 +144,7 @@ mod tests {
                 .contains("invalid since")
         );
         assert!(s("channels=a").unwrap().is_empty());
+        let q = parse_ws_query("channels=a&token=abc.def", 10).unwrap();
+        assert_eq!(q.token.as_deref(), Some("abc.def"));
     }
 }

@@ -16,7 +16,11 @@ impl FanoutBench {
     /// A shard whose `connections` subscribers all listen on one channel.
     pub fn new(connections: usize) -> std::io::Result<FanoutBench> {
         let listener: OwnedFd = std::net::TcpListener::bind("127.0.0.1:0")?.into();
-        let shared = Arc::new(Shared::new(1, 16));
+        let shared = Arc::new(Shared::new(
+            1,
+            16,
+            crate::limits::PeerLimits::new(0, 0, false),
+        ));
         let config = Arc::new(ShardConfig {
             high_water: 4 << 20,
             max_message: 64 << 10,
@@ -33,6 +37,11 @@ impl FanoutBench {
             max_connections: usize::MAX,
             max_connections_per_shard: usize::MAX,
             send_buffer: None,
+            auth: None,
+            auth_timeout: Duration::from_secs(10),
+            allowed_origins: Vec::new(),
+            max_request_header: 8192,
+            client_bytes_rate: 65536,
         });
         let (_control_tx, control) = mpsc::unbounded_channel();
         let (_deliveries_tx, deliveries) = mpsc::channel(16);

@@ -89,6 +89,25 @@ pub struct Conn {
     pub tokens_at: u32,
     /// Invalid control messages so far.
     pub strikes: u8,
+    /// Byte budget for what the client sends (same clock as `tokens`).
+    pub byte_tokens: u32,
+    /// Entry in the per-IP limits table.
+    pub peer: crate::limits::PeerSlot,
+    /// Authentication state; `None` when authentication is off.
+    pub auth: Option<Box<AuthState>>,
+}
+
+/// Where an authenticated connection stands.
+#[derive(Debug)]
+pub enum AuthState {
+    /// Upgraded without a token: waits for `{"type":"auth"}` with the
+    /// subscriptions it asked for in its URL.
+    Pending(crate::protocol::query::WsQuery),
+    /// Authenticated: what the token allows, until when (shard clock, ms).
+    Granted {
+        grant: crate::auth::Grant,
+        expires_at_ms: u64,
+    },
 }
 
 /// `Subscription::position` of a subscription that is not on the live list yet.
@@ -134,6 +153,9 @@ impl Conn {
             tokens: 0,
             tokens_at: 0,
             strikes: 0,
+            byte_tokens: 0,
+            peer: crate::limits::UNTRACKED,
+            auth: None,
         }
     }
 
@@ -299,7 +321,7 @@ mod tests {
     fn conn_is_compact() {
         // Guard against accidental growth of the per-connection footprint.
         assert!(
-            std::mem::size_of::<Conn>() <= 176,
+            std::mem::size_of::<Conn>() <= 192,
             "{}",
             std::mem::size_of::<Conn>()
         );

@@ -166,6 +166,18 @@ impl Shard {
         true
     }
 
+    /// Names of the channels `slot` is subscribed to (live or catching up).
+    pub(super) fn subscribed_channels(&self, slot: u32) -> Vec<String> {
+        let Some(conn) = self.conns.get(slot) else {
+            return Vec::new();
+        };
+        conn.subs
+            .iter()
+            .filter_map(|s| self.channels.get(s.channel))
+            .map(|ch| ch.channel.name.to_string())
+            .collect()
+    }
+
     pub(super) fn unsubscribe_all(&mut self, slot: u32) {
         let Some(conn) = self.conns.get_mut(slot) else {
             return;

@@ -13,7 +13,7 @@ impl Shard {
             return;
         };
         buf.extend_from_slice(data);
-        match parse_request_head(buf) {
+        match parse_request_head_limited(buf, self.config.max_request_header) {
             Ok(None) => {}
             Err(e) => self.reject(slot, e.response()),
             Ok(Some((head, len))) => {
@@ -95,6 +95,13 @@ impl Shard {
             let response = http_response(503, "text/plain", body, &[("Retry-After", "1")]);
             return self.reject(slot, response);
         }
+        if let Some(origin) = &head.origin
+            && !origin_allowed(&self.config.allowed_origins, origin)
+        {
+            self.stats.add(Counter::RefusedOrigin, 1);
+            let body = format!("origin {origin} is not allowed\n");
+            return self.reject(slot, http_response(403, "text/plain", body.as_bytes(), &[]));
+        }
         let query = if endpoint == Endpoint::Subscriber {
             match parse_ws_query(&head.query, self.config.max_subscriptions) {
                 Ok(q) => Some(q),
@@ -107,7 +114,39 @@ impl Shard {
         } else {
             None
         };
+        // Authentication (subscribers only; /echo is a test endpoint).
+        let mut protocol = None;
+        let mut auth = None;
+        if let (Some(authenticator), Some(query)) = (self.config.auth.clone(), &query) {
+            let offered = head
+                .protocols
+                .iter()
+                .find(|p| p.starts_with(TOKEN_PROTOCOL));
+            let token = offered
+                .map(|p| &p[TOKEN_PROTOCOL.len()..])
+                .or(query.token.as_deref());
+            match token.map(|t| authenticator.verify(t)) {
+                None => auth = Some(AuthState::Pending(query.clone())),
+                Some(Err(refusal)) => {
+                    self.stats.add(Counter::AuthFailures, 1);
+                    let body = format!("{}\n", refusal.reason());
+                    return self
+                        .reject(slot, http_response(401, "text/plain", body.as_bytes(), &[]));
+                }
+                Some(Ok(grant)) => {
+                    if let Some(denied) = query.channels.iter().find(|c| !grant.allows(c)) {
+                        self.stats.add(Counter::AuthFailures, 1);
+                        let body = format!("channel '{denied}' is not allowed by the token\n");
+                        return self
+                            .reject(slot, http_response(403, "text/plain", body.as_bytes(), &[]));
+                    }
+                    protocol = offered.cloned();
+                    auth = Some(self.granted(grant));
+                }
+            }
+        }
         let bucket = self.bucket_size();
+        let byte_bucket = self.byte_bucket_size();
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
         };
@@ -117,26 +156,25 @@ impl Shard {
         conn.phase = Phase::Open;
         conn.input = Input::Frames(None);
         conn.tokens = bucket;
+        conn.byte_tokens = byte_bucket;
         conn.tokens_at = self.now_ms as u32;
-        let response = switching_protocols(&accept, None);
-        if let Some(query) = query {
-            let since = |name: &str| query.since.iter().find(|(c, _)| c == name).map(|(_, s)| *s);
-            let ack = Ack::Welcome {
-                handshake: response,
-            };
-            if self
-                .subscribe_and_notify(slot, &query.channels, &since, ack)
-                .is_err()
-            {
-                let frame =
-                    encode_close_frame(1013, "server channel limit reached; try again later");
-                self.close_with(slot, Some(frame), CloseReason::Error);
-                return;
+        let pending = matches!(auth, Some(AuthState::Pending(_)));
+        conn.auth = auth.map(Box::new);
+        let response = switching_protocols(&accept, protocol.as_deref());
+        match query {
+            Some(query) if !pending => {
+                if self.subscribe_query(slot, &query, response).is_err() {
+                    return;
+                }
             }
-        } else {
-            self.enqueue(slot, Rc::new(Bytes::from(response)));
+            _ => self.enqueue(slot, Rc::new(Bytes::from(response))),
         }
-        let deadline = self.now_ms + self.config.ping_interval.as_millis() as u64;
+        let deadline = if pending {
+            // Until it authenticates, the client only has this long.
+            self.now_ms + self.config.auth_timeout.as_millis() as u64
+        } else {
+            self.now_ms + self.config.ping_interval.as_millis() as u64
+        };
         self.set_deadline(slot, deadline);
         if !rest.is_empty() {
             // Frames pipelined behind the request head.
@@ -144,10 +182,67 @@ impl Shard {
         }
     }
 
+    /// Subscribes to what the URL asked for, after `prefix` (the handshake
+    /// response, or nothing once it is sent). Closes with 1013 when the
+    /// server's channel table is full.
+    pub(super) fn subscribe_query(
+        &mut self,
+        slot: u32,
+        query: &WsQuery,
+        prefix: Vec<u8>,
+    ) -> Result<(), ()> {
+        let since = |name: &str| query.since.iter().find(|(c, _)| c == name).map(|(_, s)| *s);
+        let ack = Ack::Welcome { handshake: prefix };
+        if self
+            .subscribe_and_notify(slot, &query.channels, &since, ack)
+            .is_err()
+        {
+            let frame = encode_close_frame(1013, "server channel limit reached; try again later");
+            self.close_with(slot, Some(frame), CloseReason::Error);
+            return Err(());
+        }
+        Ok(())
+    }
+
+    /// The auth state of a verified token, its expiry on the shard clock.
+    pub(super) fn granted(&self, grant: crate::auth::Grant) -> AuthState {
+        let expires_at_ms = self.now_ms + grant.seconds_left() * 1000;
+        AuthState::Granted {
+            grant,
+            expires_at_ms,
+        }
+    }
+
     pub(super) fn reject(&mut self, slot: u32, response: Vec<u8>) {
         self.stats.add(Counter::HandshakesRejected, 1);
         self.respond_and_close(slot, response);
     }
+}
+
+/// Subprotocol prefix a client offers its token in: `token.<JWT>`. The
+/// server echoes the offered value back when the token is valid.
+pub(super) const TOKEN_PROTOCOL: &str = "token.";
+
+/// Whether a browser's `Origin` matches one of the allowed patterns
+/// (`scheme://host[:port]`, host possibly `*.domain`); no patterns: any.
+pub(super) fn origin_allowed(allowed: &[String], origin: &str) -> bool {
+    if allowed.is_empty() {
+        return true;
+    }
+    let origin = origin.to_ascii_lowercase();
+    allowed
+        .iter()
+        .any(|pattern| match pattern.split_once("://*.") {
+            Some((scheme, domain)) => origin
+                .strip_prefix(scheme)
+                .and_then(|rest| rest.strip_prefix("://"))
+                .is_some_and(|host| {
+                    host.len() > domain.len() + 1
+                        && host.ends_with(domain)
+                        && host.as_bytes()[host.len() - domain.len() - 1] == b'.'
+                }),
+            None => *pattern == origin,
+        })
 }
 
 /// The browser client (client/ringcast.js), embedded in the binary.

@@ -34,14 +34,15 @@ use crate::feed::registry::Channel;
 use crate::metrics::{CloseReason, Counter, Gauge, LocalStats};
 use crate::protocol::frame::{OpCode, encode_close_frame, encode_server_frame};
 use crate::protocol::handshake::{
-    RequestHead, http_response, parse_request_head, switching_protocols, validate_upgrade,
+    RequestHead, http_response, parse_request_head_limited, switching_protocols, validate_upgrade,
 };
 use crate::protocol::query::parse_ws_query;
 use crate::protocol::reader::{Event, Flow, FrameReader, Violation};
 use crate::server::Shared;
 
+use crate::protocol::query::WsQuery;
 use crate::uring::{Completion, Driver, MAX_IOVECS_PER_SEND, Op};
-use conn::{Conn, Endpoint, Input, PENDING, Phase, ReplayCursor, Slab, Subscription};
+use conn::{AuthState, Conn, Endpoint, Input, PENDING, Phase, ReplayCursor, Slab, Subscription};
 use fanout::Ack;
 use outqueue::FrameRef;
 use timer::{TimerEntry, TimerWheel};
@@ -68,6 +69,14 @@ pub struct ShardConfig {
     pub max_connections_per_shard: usize,
     /// `SO_SNDBUF` for client sockets; `None`: kernel autotuning.
     pub send_buffer: Option<u32>,
+    /// Token verification, when authentication is on.
+    pub auth: Option<Arc<crate::auth::Authenticator>>,
+    pub auth_timeout: Duration,
+    /// Lower-case origin patterns; empty: any origin.
+    pub allowed_origins: Vec<String>,
+    pub max_request_header: usize,
+    /// Bytes per second a `/ws` client may send.
+    pub client_bytes_rate: u32,
 }
 
 /// A channel message for a shard: the frame, encoded once by the feed and
@@ -420,8 +429,21 @@ impl Shard {
         let total = self.shared.connections.fetch_add(1, Ordering::Relaxed) + 1;
         let over = total > self.config.max_connections
             || self.conns.len() >= self.config.max_connections_per_shard;
+        let mut peer = crate::limits::UNTRACKED;
+        let mut peer_refused = None;
+        if !over
+            && self.shared.peers.enabled()
+            && let Some(ip) = peer_ip(fd)
+        {
+            match self.shared.peers.admit(ip, self.shared.uptime_ms()) {
+                Ok(admitted) => peer = admitted,
+                Err(why) => peer_refused = Some(why),
+            }
+        }
         let (slot, generation) = self.conns.next_key();
-        self.conns.insert(Conn::new(fd, generation));
+        let mut conn = Conn::new(fd, generation);
+        conn.peer = peer;
+        self.conns.insert(conn);
         self.stats.add(Counter::ConnectionsAccepted, 1);
         if self.driver.recv(fd, slot, generation).is_err() {
             self.release(slot, true, CloseReason::Error);
@@ -435,6 +457,19 @@ impl Shard {
             self.stats.add(Counter::ConnectionsRefused, 1);
             let body = b"server at its connection limit; try another node or later\n";
             let response = http_response(503, "text/plain", body, &[("Retry-After", "5")]);
+            return self.respond_and_close(slot, response);
+        }
+        if let Some(why) = peer_refused {
+            self.stats.add(Counter::RefusedPerIp, 1);
+            let body: &[u8] = match why {
+                crate::limits::Refused::TooManyConnections => {
+                    b"too many connections from your address\n"
+                }
+                crate::limits::Refused::TooManyHandshakes => {
+                    b"too many new connections from your address; slow down\n"
+                }
+            };
+            let response = http_response(429, "text/plain", body, &[("Retry-After", "2")]);
             return self.respond_and_close(slot, response);
         }
         let deadline = self.now_ms + self.config.handshake_timeout.as_millis() as u64;
@@ -656,6 +691,7 @@ impl Shard {
         // any more (none armed, none in flight).
         unsafe { libc::close(conn.fd) };
         self.shared.connections.fetch_sub(1, Ordering::Relaxed);
+        self.shared.peers.release(conn.peer);
         if matches!(conn.endpoint, Endpoint::Subscriber | Endpoint::Echo) {
             self.websockets -= 1;
         }
@@ -670,6 +706,13 @@ impl Shard {
     fn set_deadline(&mut self, slot: u32, deadline: u64) {
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
+        };
+        // An authenticated connection also wakes when its token expires.
+        let deadline = match conn.auth.as_deref() {
+            Some(AuthState::Granted { expires_at_ms, .. }) if conn.phase == Phase::Open => {
+                deadline.min(*expires_at_ms)
+            }
+            _ => deadline,
         };
         conn.deadline = deadline;
         self.timers.insert(TimerEntry {
@@ -701,7 +744,25 @@ impl Shard {
         conn.deadline = 0;
         match conn.phase {
             Phase::Handshake => self.release(slot, true, CloseReason::HandshakeTimeout),
-            Phase::Open => self.heartbeat(slot),
+            Phase::Open => {
+                let auth_end = match conn.auth.as_deref() {
+                    Some(AuthState::Pending(_)) => Some("authentication required"),
+                    Some(AuthState::Granted { expires_at_ms, .. })
+                        if *expires_at_ms <= self.now_ms =>
+                    {
+                        Some("token expired")
+                    }
+                    _ => None,
+                };
+                match auth_end {
+                    Some(reason) => {
+                        self.stats.add(Counter::AuthFailures, 1);
+                        let frame = encode_close_frame(4001, reason);
+                        self.close_with(slot, Some(frame), CloseReason::PolicyViolation);
+                    }
+                    None => self.heartbeat(slot),
+                }
+            }
             Phase::Closing | Phase::Lingering => {
                 // Grace over. Still Closing: the peer does not read, so what
                 // is queued will never go; reset. Lingering: everything was
@@ -807,6 +868,48 @@ impl Drop for Shard {
                 unsafe { libc::close(conn.fd) };
             }
         }
+    }
+}
+
+/// The client's IP address (IPv4-mapped IPv6 addresses as IPv4).
+fn peer_ip(fd: RawFd) -> Option<std::net::IpAddr> {
+    // SAFETY: sockaddr_storage is plain data; getpeername writes at most
+    // `len` bytes into it.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: pointer and length describe `storage`, which we own.
+    let rc = unsafe {
+        libc::getpeername(
+            fd,
+            (&mut storage as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    match i32::from(storage.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says this is a sockaddr_in.
+            let sin = unsafe {
+                &*(&storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>()
+            };
+            Some(std::net::IpAddr::from(
+                u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
+            ))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says this is a sockaddr_in6.
+            let sin6 = unsafe {
+                &*(&storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
+            };
+            let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            Some(
+                ip.to_ipv4_mapped()
+                    .map_or(std::net::IpAddr::V6(ip), std::net::IpAddr::V4),
+            )
+        }
+        _ => None,
     }
 }
 

@@ -65,8 +65,8 @@ impl Shard {
         }
         self.stats.add(Counter::FramesReceived, received);
         self.note_queued(slot, queued);
-        if !echo && !self.take_tokens(slot, received) {
-            let frame = encode_close_frame(1008, "rate limit exceeded: too many messages");
+        if !echo && let Err(what) = self.take_tokens(slot, received, data.len()) {
+            let frame = encode_close_frame(1008, &format!("rate limit exceeded: too many {what}"));
             return self.close_with(slot, Some(frame), CloseReason::PolicyViolation);
         }
         for message in inbound {
@@ -109,12 +109,23 @@ impl Shard {
         self.config.client_rate.saturating_mul(2000)
     }
 
-    /// Spends `n` messages from the client's budget; false when it is over.
-    fn take_tokens(&mut self, slot: u32, n: u64) -> bool {
+    /// Byte bucket size: two seconds' worth, or two maximal messages.
+    pub(super) fn byte_bucket_size(&self) -> u32 {
+        let two_messages = (2 * self.config.max_message + 1024).min(u32::MAX as usize) as u32;
+        self.config
+            .client_bytes_rate
+            .saturating_mul(2)
+            .max(two_messages)
+    }
+
+    /// Spends `messages` and `bytes` from the client's budgets; says which
+    /// one ran out.
+    fn take_tokens(&mut self, slot: u32, messages: u64, bytes: usize) -> Result<(), &'static str> {
         let (rate, size) = (self.config.client_rate, self.bucket_size());
+        let (byte_rate, byte_size) = (self.config.client_bytes_rate, self.byte_bucket_size());
         let now = self.now_ms as u32;
         let Some(conn) = self.conns.get_mut(slot) else {
-            return true;
+            return Ok(());
         };
         let elapsed = now.wrapping_sub(conn.tokens_at);
         conn.tokens_at = now;
@@ -122,12 +133,21 @@ impl Shard {
             .tokens
             .saturating_add(elapsed.saturating_mul(rate))
             .min(size);
-        let cost = (n as u32).saturating_mul(1000);
+        // byte_rate is per second, elapsed in ms.
+        let refill =
+            (u64::from(elapsed) * u64::from(byte_rate) / 1000).min(u64::from(u32::MAX)) as u32;
+        conn.byte_tokens = conn.byte_tokens.saturating_add(refill).min(byte_size);
+        let cost = (messages as u32).saturating_mul(1000);
         if conn.tokens < cost {
-            return false;
+            return Err("messages");
+        }
+        let bytes = bytes.min(u32::MAX as usize) as u32;
+        if conn.byte_tokens < bytes {
+            return Err("bytes");
         }
         conn.tokens -= cost;
-        true
+        conn.byte_tokens -= bytes;
+        Ok(())
     }
 
     fn on_control(&mut self, slot: u32, text: &[u8]) {
@@ -135,8 +155,19 @@ impl Shard {
             Ok(m) => m,
             Err(why) => return self.client_error(slot, &why),
         };
+        let pending = matches!(
+            self.conns.get(slot).and_then(|c| c.auth.as_deref()),
+            Some(AuthState::Pending(_))
+        );
+        if pending && !matches!(message, ClientMessage::Auth { .. } | ClientMessage::Ping) {
+            return self.client_error(
+                slot,
+                r#"authenticate first: send {"type":"auth","token":"…"}"#,
+            );
+        }
         match message {
             ClientMessage::Ping => self.enqueue_text(slot, &control::pong()),
+            ClientMessage::Auth { token } => self.on_auth(slot, &token),
             ClientMessage::Subscribe { channels, since } => {
                 self.on_subscribe(slot, channels, &since)
             }
@@ -165,6 +196,26 @@ impl Shard {
         }
         channels.sort_unstable();
         channels.dedup();
+        // With authentication, only what the token allows.
+        let denied: Vec<String> = match self.conns.get(slot).and_then(|c| c.auth.as_deref()) {
+            Some(AuthState::Granted { grant, .. }) => channels
+                .iter()
+                .filter(|c| !grant.allows(c))
+                .cloned()
+                .collect(),
+            _ => Vec::new(),
+        };
+        for channel in &denied {
+            self.stats.add(Counter::AuthFailures, 1);
+            self.client_error(
+                slot,
+                &format!("channel '{channel}' is not allowed by your token"),
+            );
+        }
+        channels.retain(|c| !denied.contains(c));
+        if channels.is_empty() {
+            return;
+        }
         let Some(conn) = self.conns.get(slot) else {
             return;
         };
@@ -184,6 +235,91 @@ impl Shard {
         {
             self.client_error(slot, "server channel limit reached; try again later");
         }
+    }
+
+    /// `{"type":"auth"}`: authenticates a connection that upgraded without a
+    /// token (then subscribes it to what its URL asked for), or refreshes the
+    /// token of one that is authenticated.
+    fn on_auth(&mut self, slot: u32, token: &str) {
+        let Some(authenticator) = self.config.auth.clone() else {
+            return self.client_error(slot, "authentication is not enabled on this server");
+        };
+        let Some(state) = self.conns.get_mut(slot).and_then(|c| c.auth.take()) else {
+            return;
+        };
+        let grant = match authenticator.verify(token) {
+            Ok(grant) => grant,
+            Err(refusal) => {
+                self.stats.add(Counter::AuthFailures, 1);
+                if let Some(conn) = self.conns.get_mut(slot) {
+                    conn.auth = Some(state);
+                }
+                let pending = matches!(
+                    self.conns.get(slot).and_then(|c| c.auth.as_deref()),
+                    Some(AuthState::Pending(_))
+                );
+                if pending {
+                    let frame = encode_close_frame(4001, &refusal.reason());
+                    return self.close_with(slot, Some(frame), CloseReason::PolicyViolation);
+                }
+                // A failed refresh keeps the current token.
+                return self.client_error(slot, &refusal.reason());
+            }
+        };
+        let expires = grant.expires;
+        let granted = self.granted(grant);
+        match *state {
+            AuthState::Pending(query) => {
+                let denied = match &granted {
+                    AuthState::Granted { grant, .. } => {
+                        query.channels.iter().find(|c| !grant.allows(c)).cloned()
+                    }
+                    AuthState::Pending(_) => None,
+                };
+                if let Some(channel) = denied {
+                    self.stats.add(Counter::AuthFailures, 1);
+                    let reason = format!("channel '{channel}' is not allowed by the token");
+                    let frame = encode_close_frame(4003, &reason);
+                    return self.close_with(slot, Some(frame), CloseReason::PolicyViolation);
+                }
+                if let Some(conn) = self.conns.get_mut(slot) {
+                    conn.auth = Some(Box::new(granted));
+                }
+                if self.subscribe_query(slot, &query, Vec::new()).is_err() {
+                    return;
+                }
+                let deadline = self.now_ms + self.config.ping_interval.as_millis() as u64;
+                self.set_deadline(slot, deadline);
+            }
+            AuthState::Granted { .. } => {
+                // Refreshed: channels the new token no longer allows are left.
+                let dropped: Vec<String> = match &granted {
+                    AuthState::Granted { grant, .. } => self
+                        .subscribed_channels(slot)
+                        .into_iter()
+                        .filter(|c| !grant.allows(c))
+                        .collect(),
+                    AuthState::Pending(_) => Vec::new(),
+                };
+                for channel in &dropped {
+                    self.unsubscribe(slot, channel);
+                }
+                if let Some(conn) = self.conns.get_mut(slot) {
+                    conn.auth = Some(Box::new(granted));
+                }
+                if !dropped.is_empty() {
+                    self.enqueue_text(slot, &control::unsubscribed(&dropped));
+                }
+                // The timer may be set for the old expiry: restart the
+                // heartbeat cycle (the refresh proves the client alive).
+                if let Some(conn) = self.conns.get_mut(slot) {
+                    conn.ping_outstanding = false;
+                }
+                let deadline = self.now_ms + self.config.ping_interval.as_millis() as u64;
+                self.set_deadline(slot, deadline);
+            }
+        }
+        self.enqueue_text(slot, &control::authenticated(expires));
     }
 
     /// Answers an invalid message with an error notice; too many of them

@@ -1,0 +1,213 @@
+//! Per-client-IP limits: connections held, and new connections per second
+//! (a token bucket). Shared by every shard, since one client's connections
+//! are spread over all of them; touched only when a connection opens or
+//! closes, never per message.
+//!
+//! Entries live while their IP holds connections, or until its handshake
+//! bucket has refilled, so the table is bounded by the clients seen in the
+//! last couple of seconds plus those connected.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+
+/// A connection's place in the table, or [`UNTRACKED`].
+pub type PeerSlot = u32;
+pub const UNTRACKED: PeerSlot = u32::MAX;
+
+/// Why a new connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    TooManyConnections,
+    TooManyHandshakes,
+}
+
+pub struct PeerLimits {
+    max_connections: u32,
+    /// Handshakes per millisecond, and the bucket size; 0: no rate limit.
+    rate_per_ms: f64,
+    burst: f64,
+    limit_loopback: bool,
+    table: Mutex<Table>,
+}
+
+#[derive(Default)]
+struct Table {
+    by_ip: HashMap<IpAddr, PeerSlot>,
+    entries: Vec<Entry>,
+    free: Vec<PeerSlot>,
+}
+
+struct Entry {
+    ip: IpAddr,
+    connections: u32,
+    tokens: f64,
+    refilled_at_ms: u64,
+}
+
+impl PeerLimits {
+    /// `max_connections` and `handshakes_per_sec` of 0 disable that limit.
+    pub fn new(
+        max_connections: usize,
+        handshakes_per_sec: u32,
+        limit_loopback: bool,
+    ) -> PeerLimits {
+        PeerLimits {
+            max_connections: u32::try_from(max_connections).unwrap_or(u32::MAX),
+            rate_per_ms: f64::from(handshakes_per_sec) / 1000.0,
+            burst: 2.0 * f64::from(handshakes_per_sec),
+            limit_loopback,
+            table: Mutex::new(Table::default()),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.max_connections > 0 || self.rate_per_ms > 0.0
+    }
+
+    /// Admits a new connection from `ip` at `now_ms`, or says why not.
+    pub fn admit(&self, ip: IpAddr, now_ms: u64) -> Result<PeerSlot, Refused> {
+        if !self.enabled() || (ip.is_loopback() && !self.limit_loopback) {
+            return Ok(UNTRACKED);
+        }
+        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = match table.by_ip.get(&ip) {
+            Some(&slot) => slot,
+            None => {
+                if table.entries.len() > 4096 && table.free.is_empty() {
+                    self.sweep(&mut table, now_ms);
+                }
+                let entry = Entry {
+                    ip,
+                    connections: 0,
+                    tokens: self.burst,
+                    refilled_at_ms: now_ms,
+                };
+                let slot = match table.free.pop() {
+                    Some(slot) => {
+                        table.entries[slot as usize] = entry;
+                        slot
+                    }
+                    None => {
+                        table.entries.push(entry);
+                        (table.entries.len() - 1) as PeerSlot
+                    }
+                };
+                table.by_ip.insert(ip, slot);
+                slot
+            }
+        };
+        let entry = &mut table.entries[slot as usize];
+        if self.max_connections > 0 && entry.connections >= self.max_connections {
+            return Err(Refused::TooManyConnections);
+        }
+        if self.rate_per_ms > 0.0 {
+            self.refill(entry, now_ms);
+            if entry.tokens < 1.0 {
+                return Err(Refused::TooManyHandshakes);
+            }
+            entry.tokens -= 1.0;
+        }
+        entry.connections += 1;
+        Ok(slot)
+    }
+
+    /// A connection admitted as `slot` has closed.
+    pub fn release(&self, slot: PeerSlot) {
+        if slot == UNTRACKED {
+            return;
+        }
+        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = table.entries.get_mut(slot as usize) {
+            entry.connections = entry.connections.saturating_sub(1);
+        }
+    }
+
+    /// IPs tracked now (for /metrics).
+    pub fn tracked(&self) -> usize {
+        self.table
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_ip
+            .len()
+    }
+
+    fn refill(&self, entry: &mut Entry, now_ms: u64) {
+        let elapsed = now_ms.saturating_sub(entry.refilled_at_ms) as f64;
+        entry.tokens = (entry.tokens + elapsed * self.rate_per_ms).min(self.burst);
+        entry.refilled_at_ms = now_ms;
+    }
+
+    /// Forgets IPs with no connection whose bucket is full again.
+    fn sweep(&self, table: &mut Table, now_ms: u64) {
+        let mut freed = Vec::new();
+        for (slot, entry) in table.entries.iter_mut().enumerate() {
+            if entry.connections == 0 && table.by_ip.get(&entry.ip) == Some(&(slot as PeerSlot)) {
+                self.refill(entry, now_ms);
+                if entry.tokens >= self.burst {
+                    freed.push((slot as PeerSlot, entry.ip));
+                }
+            }
+        }
+        for (slot, ip) in freed {
+            table.by_ip.remove(&ip);
+            table.free.push(slot);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([10, 0, 0, last])
+    }
+
+    #[test]
+    fn connections_per_ip() {
+        let limits = PeerLimits::new(2, 0, false);
+        let a = limits.admit(ip(1), 0).unwrap();
+        limits.admit(ip(1), 0).unwrap();
+        assert_eq!(limits.admit(ip(1), 0), Err(Refused::TooManyConnections));
+        assert!(limits.admit(ip(2), 0).is_ok(), "other IPs unaffected");
+        limits.release(a);
+        assert!(limits.admit(ip(1), 0).is_ok());
+    }
+
+    #[test]
+    fn handshake_rate_with_burst() {
+        let limits = PeerLimits::new(0, 10, false);
+        for _ in 0..20 {
+            let s = limits.admit(ip(1), 0).unwrap();
+            limits.release(s);
+        }
+        assert_eq!(limits.admit(ip(1), 0), Err(Refused::TooManyHandshakes));
+        // 100 ms later: one more token.
+        assert!(limits.admit(ip(1), 100).is_ok());
+        assert_eq!(limits.admit(ip(1), 100), Err(Refused::TooManyHandshakes));
+    }
+
+    #[test]
+    fn loopback_exempt_unless_asked() {
+        let limits = PeerLimits::new(1, 1, false);
+        let lo = IpAddr::from([127, 0, 0, 1]);
+        for _ in 0..10 {
+            assert_eq!(limits.admit(lo, 0), Ok(UNTRACKED));
+        }
+        let strict = PeerLimits::new(1, 0, true);
+        strict.admit(lo, 0).unwrap();
+        assert_eq!(strict.admit(lo, 0), Err(Refused::TooManyConnections));
+    }
+
+    #[test]
+    fn table_stays_bounded() {
+        let limits = PeerLimits::new(10, 100, false);
+        for i in 0..20_000u32 {
+            let ip = IpAddr::from(i.to_be_bytes());
+            let slot = limits.admit(ip, u64::from(i) * 100).unwrap();
+            limits.release(slot);
+        }
+        assert!(limits.tracked() < 10_000, "{}", limits.tracked());
+    }
+}
