@@ -165,6 +165,14 @@ mod tests {
     }
 
     #[test]
+    fn numbers_beyond_f64_pass_through_untouched() {
+        // Valid JSON, though many parsers cannot represent it; it is the
+        // subscriber's business, and ringcast must neither refuse nor round it.
+        let env = parse(br#"{"data":[1E999, 123456789012345678901234567890]}"#).unwrap();
+        assert_eq!(env.data, b"[1E999, 123456789012345678901234567890]");
+    }
+
+    #[test]
     fn channel_defaults_and_escapes() {
         assert_eq!(parse(br#"{"data":1}"#).unwrap().channel, "default");
         // null counts as left out.
