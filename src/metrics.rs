@@ -25,11 +25,13 @@ pub enum Counter {
     ConnectionsRefused,
     RefusedPerIp,
     RefusedOrigin,
+    RefusedHeaderSize,
+    SubscriptionLimit,
     AuthFailures,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 15] = [
+    pub const ALL: [Counter; 17] = [
         Counter::ConnectionsAccepted,
         Counter::HandshakesRejected,
         Counter::HttpRequests,
@@ -44,6 +46,8 @@ impl Counter {
         Counter::ConnectionsRefused,
         Counter::RefusedPerIp,
         Counter::RefusedOrigin,
+        Counter::RefusedHeaderSize,
+        Counter::SubscriptionLimit,
         Counter::AuthFailures,
     ];
     pub const COUNT: usize = Self::ALL.len();
@@ -93,6 +97,14 @@ impl Counter {
             Counter::RefusedOrigin => (
                 "ringcast_handshakes_refused_origin_total",
                 "Browser upgrades refused with 403: Origin not in --allowed-origins.",
+            ),
+            Counter::RefusedHeaderSize => (
+                "ringcast_requests_refused_header_size_total",
+                "Requests refused with 431: the request head exceeded --max-request-header.",
+            ),
+            Counter::SubscriptionLimit => (
+                "ringcast_subscription_limit_refusals_total",
+                "Subscriptions refused for exceeding --max-subscriptions (400 at the handshake, error notice after).",
             ),
             Counter::AuthFailures => (
                 "ringcast_auth_failures_total",
@@ -174,8 +186,13 @@ pub enum CloseReason {
     MessageTooBig,
     /// Over the high-water mark (4008).
     SlowClient,
-    /// Too many messages, or too many invalid ones (1008).
+    /// Too many invalid messages (1008).
     PolicyViolation,
+    /// Over --client-rate or --client-bytes-rate (1008).
+    RateLimited,
+    /// No valid token in time, an expired one, or channels it does not
+    /// cover (4001, 4003).
+    AuthRefused,
     /// Silent past the ping timeout.
     PingTimeout,
     /// Handshake not completed in time.
@@ -189,7 +206,7 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 12] = [
+    pub const ALL: [CloseReason; 14] = [
         CloseReason::ClientClose,
         CloseReason::HttpDone,
         CloseReason::ProtocolError,
@@ -197,6 +214,8 @@ impl CloseReason {
         CloseReason::MessageTooBig,
         CloseReason::SlowClient,
         CloseReason::PolicyViolation,
+        CloseReason::RateLimited,
+        CloseReason::AuthRefused,
         CloseReason::PingTimeout,
         CloseReason::HandshakeTimeout,
         CloseReason::PeerGone,
@@ -214,6 +233,8 @@ impl CloseReason {
             CloseReason::MessageTooBig => "message_too_big",
             CloseReason::SlowClient => "slow_client",
             CloseReason::PolicyViolation => "policy_violation",
+            CloseReason::RateLimited => "rate_limited",
+            CloseReason::AuthRefused => "auth",
             CloseReason::PingTimeout => "ping_timeout",
             CloseReason::HandshakeTimeout => "handshake_timeout",
             CloseReason::PeerGone => "peer_gone",

@@ -314,10 +314,15 @@ fn garbage_and_floods_are_closed_with_1008() {
         c.send_text(r#"{"type":"ping"}"#);
         assert_eq!(next(&mut c), json!({"type": "pong"}));
     }
-    let n = server.wait_metric(
+    let garbage = server.wait_metric(
         "ringcast_connections_closed_total",
         &["reason=\"policy_violation\""],
-        |v| v == 2,
+        |v| v == 1,
     );
-    assert_eq!(n, 2);
+    let flood = server.wait_metric(
+        "ringcast_connections_closed_total",
+        &["reason=\"rate_limited\""],
+        |v| v == 1,
+    );
+    assert_eq!((garbage, flood), (1, 1));
 }

@@ -209,6 +209,12 @@ fn refused_tokens_and_channels() {
         (Some("prices"), Some(2))
     );
     assert!(server.metric("ringcast_auth_failures_total", &[]) >= 8);
+    let auth_closes = server.wait_metric(
+        "ringcast_connections_closed_total",
+        &["reason=\"auth\""],
+        |v| v >= 3,
+    );
+    assert!(auth_closes >= 3, "{auth_closes}");
 }
 
 #[test]
@@ -305,6 +311,10 @@ fn request_header_and_inbound_byte_limits() {
     ]);
     let (status, _, _) = upgrade(&server, "/ws", &[format!("X-Pad: {}", "p".repeat(3000))]);
     assert_eq!(status, 431);
+    assert_eq!(
+        server.metric("ringcast_requests_refused_header_size_total", &[]),
+        1
+    );
     let (status, _, _) = upgrade(&server, "/ws", &[format!("X-Pad: {}", "p".repeat(1000))]);
     assert_eq!(status, 101);
     // Bucket: 8 KiB (2 s); each ping carries 1 KiB of padding.
@@ -316,4 +326,37 @@ fn request_header_and_inbound_byte_limits() {
         c.send_text(&padded);
     }
     expect_close(&mut c, 1008, "too many bytes");
+    server.wait_metric(
+        "ringcast_connections_closed_total",
+        &["reason=\"rate_limited\""],
+        |v| v == 1,
+    );
+}
+
+#[test]
+fn subscription_limit() {
+    let server = Server::start(&["--max-subscriptions", "3"]);
+    let (status, head, _) = upgrade(&server, "/ws?channels=a,b,c,d", &[]);
+    assert_eq!(status, 400, "{head}");
+    // Repeats count once.
+    let (status, _, c) = upgrade(&server, "/ws?channels=a,b,a,b", &[]);
+    assert_eq!(status, 101);
+    let mut c = c.unwrap();
+    next(&mut c);
+    c.send_text(r#"{"type":"subscribe","channels":["c","d"]}"#);
+    let notice = next(&mut c);
+    assert_eq!(notice["type"], "error");
+    assert!(
+        notice["reason"]
+            .as_str()
+            .unwrap()
+            .contains("too many subscriptions"),
+        "{notice}"
+    );
+    c.send_text(r#"{"type":"subscribe","channels":["c"]}"#);
+    assert_eq!(next(&mut c)["type"], "subscribed");
+    assert_eq!(
+        server.metric("ringcast_subscription_limit_refusals_total", &[]),
+        2
+    );
 }

@@ -15,10 +15,30 @@ pub struct WsQuery {
     pub token: Option<String>,
 }
 
+/// Why a `/ws` query was refused (the text is the 400 body).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueryError {
+    /// More channels than `--max-subscriptions` allows.
+    TooManyChannels { max: usize },
+    /// A bad channel name or `since` value.
+    Invalid(String),
+}
+
+impl std::fmt::Display for QueryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            QueryError::TooManyChannels { max } => {
+                write!(f, "too many channels: at most {max} per connection")
+            }
+            QueryError::Invalid(why) => f.write_str(why),
+        }
+    }
+}
+
 /// Parses `channels=a,b` (percent-encoding allowed) and `since=41` (one
 /// channel) or `since=a:41,b:7`. No `channels` parameter means
 /// `["default"]`; an empty one means none (subscribe later).
-pub fn parse_ws_query(query: &str, max_channels: usize) -> Result<WsQuery, String> {
+pub fn parse_ws_query(query: &str, max_channels: usize) -> Result<WsQuery, QueryError> {
     let mut channels: Option<Vec<String>> = None;
     let mut since_text: Option<String> = None;
     let mut token = None;
@@ -31,12 +51,17 @@ pub fn parse_ws_query(query: &str, max_channels: usize) -> Result<WsQuery, Strin
             let list = channels.get_or_insert_with(Vec::new);
             for name in value.split(',').filter(|n| !n.is_empty()) {
                 if !is_valid_channel_name(name) {
-                    return Err(format!(
+                    return Err(QueryError::Invalid(format!(
                         "invalid channel name '{}': use 1-{MAX_CHANNEL_NAME} characters of A-Z a-z 0-9 . _ : -",
                         name.chars().take(MAX_CHANNEL_NAME + 1).collect::<String>()
-                    ));
+                    )));
                 }
                 if !list.iter().any(|c| c == name) {
+                    // Refused as soon as the list is too long, so a long
+                    // query never costs more than max_channels² comparisons.
+                    if list.len() == max_channels {
+                        return Err(QueryError::TooManyChannels { max: max_channels });
+                    }
                     list.push(name.to_owned());
                 }
             }
@@ -44,14 +69,12 @@ pub fn parse_ws_query(query: &str, max_channels: usize) -> Result<WsQuery, Strin
     }
     let channels = channels.unwrap_or_else(|| vec![DEFAULT_CHANNEL.to_owned()]);
     if channels.len() > max_channels {
-        return Err(format!(
-            "too many channels: {} asked, at most {max_channels} per connection",
-            channels.len()
-        ));
+        // Only `default` with --max-subscriptions 0.
+        return Err(QueryError::TooManyChannels { max: max_channels });
     }
     let since = match since_text {
         None => Vec::new(),
-        Some(text) => parse_since(&text, &channels)?,
+        Some(text) => parse_since(&text, &channels).map_err(QueryError::Invalid)?,
     };
     Ok(WsQuery {
         channels,
@@ -94,7 +117,11 @@ mod tests {
 
     #[test]
     fn channels() {
-        let q = |s: &str| parse_ws_query(s, 10).map(|q| q.channels);
+        let q = |s: &str| {
+            parse_ws_query(s, 10)
+                .map(|q| q.channels)
+                .map_err(|e| e.to_string())
+        };
         assert_eq!(q("").unwrap(), vec!["default"]);
         assert_eq!(q("x=1").unwrap(), vec!["default"]);
         assert_eq!(q("channels=a,b,a").unwrap(), vec!["a", "b"]);
@@ -111,11 +138,21 @@ mod tests {
                 .unwrap_err()
                 .contains("too many")
         );
+        // Ten distinct names (with repeats) fit.
+        assert_eq!(q("channels=1,2,3,4,5,6,7,8,9,10,1,2").unwrap().len(), 10);
+        assert_eq!(
+            parse_ws_query("", 0),
+            Err(QueryError::TooManyChannels { max: 0 })
+        );
     }
 
     #[test]
     fn since() {
-        let s = |q: &str| parse_ws_query(q, 10).map(|q| q.since);
+        let s = |q: &str| {
+            parse_ws_query(q, 10)
+                .map(|q| q.since)
+                .map_err(|e| e.to_string())
+        };
         assert_eq!(s("channels=a&since=41").unwrap(), vec![("a".into(), 41)]);
         assert_eq!(s("since=3").unwrap(), vec![("default".into(), 3)]);
         // Channel names may contain ':' themselves: the seq is after the last one.

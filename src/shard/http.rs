@@ -15,7 +15,12 @@ impl Shard {
         buf.extend_from_slice(data);
         match parse_request_head_limited(buf, self.config.max_request_header) {
             Ok(None) => {}
-            Err(e) => self.reject(slot, e.response()),
+            Err(e) => {
+                if e == HeadError::TooLarge {
+                    self.stats.add(Counter::RefusedHeaderSize, 1);
+                }
+                self.reject(slot, e.response())
+            }
             Ok(Some((head, len))) => {
                 let buf = std::mem::take(buf);
                 self.on_request(slot, &head, &buf[len..]);
@@ -106,6 +111,9 @@ impl Shard {
             match parse_ws_query(&head.query, self.config.max_subscriptions) {
                 Ok(q) => Some(q),
                 Err(why) => {
+                    if matches!(why, QueryError::TooManyChannels { .. }) {
+                        self.stats.add(Counter::SubscriptionLimit, 1);
+                    }
                     let body = format!("{why}\n");
                     return self
                         .reject(slot, http_response(400, "text/plain", body.as_bytes(), &[]));

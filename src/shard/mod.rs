@@ -34,9 +34,10 @@ use crate::feed::registry::Channel;
 use crate::metrics::{CloseReason, Counter, Gauge, LocalStats};
 use crate::protocol::frame::{OpCode, encode_close_frame, encode_server_frame};
 use crate::protocol::handshake::{
-    RequestHead, http_response, parse_request_head_limited, switching_protocols, validate_upgrade,
+    HeadError, RequestHead, http_response, parse_request_head_limited, switching_protocols,
+    validate_upgrade,
 };
-use crate::protocol::query::parse_ws_query;
+use crate::protocol::query::{QueryError, parse_ws_query};
 use crate::protocol::reader::{Event, Flow, FrameReader, Violation};
 use crate::server::Shared;
 
@@ -758,7 +759,7 @@ impl Shard {
                     Some(reason) => {
                         self.stats.add(Counter::AuthFailures, 1);
                         let frame = encode_close_frame(4001, reason);
-                        self.close_with(slot, Some(frame), CloseReason::PolicyViolation);
+                        self.close_with(slot, Some(frame), CloseReason::AuthRefused);
                     }
                     None => self.heartbeat(slot),
                 }

@@ -67,7 +67,7 @@ impl Shard {
         self.note_queued(slot, queued);
         if !echo && let Err(what) = self.take_tokens(slot, received, data.len()) {
             let frame = encode_close_frame(1008, &format!("rate limit exceeded: too many {what}"));
-            return self.close_with(slot, Some(frame), CloseReason::PolicyViolation);
+            return self.close_with(slot, Some(frame), CloseReason::RateLimited);
         }
         for message in inbound {
             if self.conns.get(slot).is_none_or(|c| c.is_closing()) {
@@ -222,6 +222,7 @@ impl Shard {
         let held = conn.subs.len();
         let new = channels.len(); // an upper bound: some may be held already
         if held + new > self.config.max_subscriptions {
+            self.stats.add(Counter::SubscriptionLimit, 1);
             let why = format!(
                 "too many subscriptions: at most {} per connection",
                 self.config.max_subscriptions
@@ -260,7 +261,7 @@ impl Shard {
                 );
                 if pending {
                     let frame = encode_close_frame(4001, &refusal.reason());
-                    return self.close_with(slot, Some(frame), CloseReason::PolicyViolation);
+                    return self.close_with(slot, Some(frame), CloseReason::AuthRefused);
                 }
                 // A failed refresh keeps the current token.
                 return self.client_error(slot, &refusal.reason());
@@ -280,7 +281,7 @@ impl Shard {
                     self.stats.add(Counter::AuthFailures, 1);
                     let reason = format!("channel '{channel}' is not allowed by the token");
                     let frame = encode_close_frame(4003, &reason);
-                    return self.close_with(slot, Some(frame), CloseReason::PolicyViolation);
+                    return self.close_with(slot, Some(frame), CloseReason::AuthRefused);
                 }
                 if let Some(conn) = self.conns.get_mut(slot) {
                     conn.auth = Some(Box::new(granted));
