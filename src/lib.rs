@@ -4,6 +4,7 @@
 //! loops that own the connections; `server` starts them and runs the control
 //! plane; `metrics` counts; `config` and `cli` read what the operator asked for.
 
+pub mod activation;
 pub mod auth;
 pub mod bench;
 pub mod cli;

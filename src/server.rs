@@ -245,6 +245,8 @@ impl std::fmt::Display for StartError {
 /// A running server: its shards and where it listens.
 pub struct Running {
     pub listen: SocketAddr,
+    /// The listener came from systemd socket activation.
+    pub inherited_listener: bool,
     pub shards: Vec<ShardHandle>,
     pub shared: Arc<Shared>,
     pub open_files: u64,
@@ -279,7 +281,12 @@ pub fn start(config: &ServeConfig) -> Result<Running, StartError> {
         )),
         None => None,
     };
-    let listeners = bind_listeners(config.listen, shard_count)?;
+    let inherited = crate::activation::take_listener().map_err(StartError)?;
+    let inherited_listener = inherited.is_some();
+    let listeners = match inherited {
+        Some(socket) => share_listener(socket, shard_count)?,
+        None => bind_listeners(config.listen, shard_count)?,
+    };
     let listen = listeners[0]
         .local_addr()
         .ok()
@@ -300,6 +307,7 @@ pub fn start(config: &ServeConfig) -> Result<Running, StartError> {
         max_connections,
         max_connections_per_shard: config.max_connections_per_shard.unwrap_or(usize::MAX),
         send_buffer: config.send_buffer.map(|b| b.min(i32::MAX as u64) as u32),
+        shared_listener: inherited_listener,
         auth,
         auth_timeout: config.auth_timeout,
         allowed_origins: config.allowed_origins.clone(),
@@ -325,6 +333,7 @@ pub fn start(config: &ServeConfig) -> Result<Running, StartError> {
     }
     Ok(Running {
         listen,
+        inherited_listener,
         shards,
         shared,
         open_files,
@@ -389,6 +398,20 @@ fn bind_listeners(addr: SocketAddr, count: usize) -> Result<Vec<Socket>, StartEr
         }
         listeners.push(socket);
     }
+    Ok(listeners)
+}
+
+/// The socket systemd passed, duplicated for every shard: they all accept
+/// on it, and the kernel wakes one of them per connection.
+fn share_listener(socket: Socket, count: usize) -> Result<Vec<Socket>, StartError> {
+    let mut listeners = Vec::with_capacity(count);
+    for _ in 1..count {
+        let copy = socket
+            .try_clone()
+            .map_err(|e| StartError(format!("cannot share the socket systemd passed: {e}")))?;
+        listeners.push(copy);
+    }
+    listeners.push(socket);
     Ok(listeners)
 }
 
@@ -578,9 +601,14 @@ fn print_summary(config: &ServeConfig, running: &Running, feeds: &Feeds) {
         list.join(", ")
     };
     tracing::info!(
-        "ringcast {} listening on {}; {} shard(s) on CPU(s) {cpu_list}; feeds: {feeds}; open files limit {}; max connections {}{}",
+        "ringcast {} listening on {}{}; {} shard(s) on CPU(s) {cpu_list}; feeds: {feeds}; open files limit {}; max connections {}{}",
         env!("CARGO_PKG_VERSION"),
         running.listen,
+        if running.inherited_listener {
+            " (socket from systemd; --listen ignored)"
+        } else {
+            ""
+        },
         running.shards.len(),
         running.open_files,
         running.max_connections,

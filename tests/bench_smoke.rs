@@ -38,3 +38,22 @@ fn bench_smoke_run() {
     }
     assert!(report["server_rss_per_connection"].is_number());
 }
+
+#[test]
+fn bench_without_a_server_fails_clearly() {
+    // A port nothing listens on: bound, then closed again.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = Command::new(BIN)
+        .args(["bench", "--url", &format!("ws://127.0.0.1:{port}/ws")])
+        .args(["--connections", "20", "--duration", "1s", "--json"])
+        .output()
+        .expect("run ringcast bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("none of the 20 connections"), "{stderr}");
+    assert!(out.stdout.is_empty(), "no report without a measurement");
+}

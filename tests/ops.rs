@@ -7,7 +7,7 @@ use std::os::unix::net::UnixDatagram;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{BIN, RawClient, Server, upgrade_request};
+use common::{BIN, RawClient, Server, metric_sum, upgrade_request};
 use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -241,4 +241,73 @@ fn json_logs() {
             .unwrap()
             .contains("listening on")
     );
+}
+
+#[test]
+fn socket_activation_keeps_the_listener_across_restarts() {
+    // The test plays systemd: it owns the listening socket throughout.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut first = Server::start_activated(&listener, &["--shards", "2"]);
+    assert_eq!(first.addr, addr);
+    assert!(
+        first.log().contains("socket from systemd"),
+        "{}",
+        first.log()
+    );
+
+    // Both shards accept on the one socket, in turn.
+    let mut clients: Vec<RawClient> = (0..200).map(|_| RawClient::connect(addr, "/ws")).collect();
+    let epoch = clients
+        .iter_mut()
+        .map(|c| c.read_welcome()["epoch"].clone())
+        .last()
+        .unwrap();
+    let metrics = first.metrics();
+    for shard in ["shard=\"0\"", "shard=\"1\""] {
+        let open = metric_sum(&metrics, "ringcast_websockets_open", &[shard]);
+        assert!(open >= 60, "{shard} holds {open} of 200:\n{metrics}");
+    }
+
+    // Restart: while no server runs, a new client still connects (it waits
+    // in the socket's backlog) and is served by the next server.
+    drop(clients);
+    first.signal(libc::SIGTERM);
+    assert_eq!(first.wait_exit(Duration::from_secs(15)), Some(0));
+    let waiting = std::thread::spawn(move || {
+        let mut c = RawClient::connect(addr, "/ws");
+        c.read_welcome()["epoch"].clone()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let second = Server::start_activated(&listener, &["--shards", "2"]);
+    let new_epoch = waiting
+        .join()
+        .expect("client that connected during the restart");
+    assert_ne!(new_epoch, epoch);
+    assert_eq!(second.get("/healthz").0, 200);
+}
+
+#[test]
+fn socket_activation_refuses_what_it_cannot_serve() {
+    let run = |fds: &str| {
+        Command::new("sh")
+            .args([
+                "-c",
+                &format!(r#"LISTEN_PID=$$ LISTEN_FDS={fds} exec "$0" serve --udp off --unix off"#),
+                BIN,
+            ])
+            .output()
+            .unwrap()
+    };
+    // Two sockets: ringcast serves one, and says which setting to change.
+    let out = run("2");
+    assert_eq!(out.status.code(), Some(1));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("systemd passed 2 sockets"), "{log}");
+    assert!(log.contains("ListenStream="), "{log}");
+    // Descriptor 3 is not a socket at all here (nothing was passed).
+    let out = run("1");
+    assert_eq!(out.status.code(), Some(1));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("socket passed by systemd (fd 3)"), "{log}");
 }

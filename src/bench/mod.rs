@@ -131,6 +131,13 @@ pub fn run(opts: &BenchOptions) -> Result<Option<Report>, String> {
         }
         std::thread::sleep(Duration::from_millis(200));
     };
+    if connected.open == 0 && opts.connections > 0 {
+        return Err(format!(
+            "none of the {} connections to {} opened ({} failed, {} closed): is a server \
+             listening there, and does it upgrade that path to WebSocket?",
+            opts.connections, opts.url, connected.failed, connected.closed
+        ));
+    }
     // Give the server a moment to settle its handshakes before measuring.
     std::thread::sleep(Duration::from_millis(500));
     let rss_after = opts.server_pid.and_then(process_rss);

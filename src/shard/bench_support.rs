@@ -37,6 +37,7 @@ impl FanoutBench {
             max_connections: usize::MAX,
             max_connections_per_shard: usize::MAX,
             send_buffer: None,
+            shared_listener: false,
             auth: None,
             auth_timeout: Duration::from_secs(10),
             allowed_origins: Vec::new(),

@@ -70,6 +70,9 @@ pub struct ShardConfig {
     pub max_connections_per_shard: usize,
     /// `SO_SNDBUF` for client sockets; `None`: kernel autotuning.
     pub send_buffer: Option<u32>,
+    /// Every shard accepts on the same socket (systemd socket activation)
+    /// rather than on its own `SO_REUSEPORT` one.
+    pub shared_listener: bool,
     /// Token verification, when authentication is on.
     pub auth: Option<Arc<crate::auth::Authenticator>>,
     pub auth_timeout: Duration,
@@ -364,7 +367,16 @@ impl Shard {
     }
 
     fn arm_accept(&mut self) -> std::io::Result<()> {
-        self.driver.accept(self.listener.as_raw_fd())?;
+        // On a shared socket the kernel wakes the first waiting accept, so
+        // a multishot accept would take every connection for one shard. A
+        // single accept, re-armed after each connection, puts the shard at
+        // the back of the queue: connections go round the shards.
+        let listener = self.listener.as_raw_fd();
+        if self.config.shared_listener {
+            self.driver.accept_once(listener)?;
+        } else {
+            self.driver.accept(listener)?;
+        }
         self.accept_armed = true;
         Ok(())
     }

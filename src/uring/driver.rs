@@ -162,6 +162,19 @@ impl Driver {
         self.push(e)
     }
 
+    /// Accepts one connection (its completion comes without "more").
+    pub fn accept_once(&mut self, listener: RawFd) -> io::Result<()> {
+        let e = opcode::Accept::new(
+            types::Fd(listener),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        )
+        .flags(libc::SOCK_CLOEXEC)
+        .build()
+        .user_data(token(Op::Accept, 0, 0));
+        self.push(e)
+    }
+
     /// Arms a multishot receive on `fd` using the shard's buffer pool.
     pub fn recv(&mut self, fd: RawFd, slot: u32, generation: u32) -> io::Result<()> {
         let e = opcode::RecvMulti::new(types::Fd(fd), BUFFER_GROUP)

@@ -33,13 +33,53 @@ impl Server {
 
     /// As [`Server::start`], with extra environment variables.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
-        let dir = tempfile::tempdir().expect("tempdir");
         let mut cmd = Command::new(BIN);
         cmd.envs(env.iter().copied());
         cmd.arg("serve");
         if !args.contains(&"--listen") {
             cmd.args(["--listen", "127.0.0.1:0"]);
         }
+        Server::launch(cmd, args)
+    }
+
+    /// Starts `ringcast serve` as systemd socket activation would: with
+    /// `listener` as descriptor 3 and `LISTEN_PID`/`LISTEN_FDS` naming it.
+    pub fn start_activated(listener: &std::net::TcpListener, args: &[&str]) -> Server {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let fd = listener.as_raw_fd();
+        // The shell learns its own pid ($$) and execs ringcast in place, so
+        // LISTEN_PID names the server process, as systemd sets it.
+        let mut cmd = Command::new("sh");
+        cmd.args([
+            "-c",
+            r#"LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" "$@""#,
+            BIN,
+            "serve",
+        ]);
+        // SAFETY (test): between fork and exec only dup2/fcntl run, which
+        // are async-signal-safe; fd stays open in the parent throughout.
+        unsafe {
+            cmd.pre_exec(move || {
+                // dup2 clears close-on-exec on the copy; fd 3 itself keeps it.
+                let done = if fd == 3 {
+                    libc::fcntl(3, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(fd, 3)
+                };
+                if done < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Server::launch(cmd, args)
+    }
+
+    /// Runs `cmd` (ringcast serve, its arguments up to `args`), feeds off
+    /// unless `args` set them, and waits for its start-up line.
+    fn launch(mut cmd: Command, args: &[&str]) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
         if !args.contains(&"--udp") {
             cmd.args(["--udp", "off"]);
         }
