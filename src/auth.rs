@@ -4,10 +4,12 @@
 //! The secret lives in a file (`--auth-secret-file`), never on the command
 //! line, where `ps` would show it to every user. The file may hold several
 //! secrets, one per line: the first signs (`ringcast token`), any verifies.
-//! Rotation is therefore: put the new secret first, restart (clients resume),
-//! mint with it, and drop the old line once its tokens have expired.
+//! Rotation is therefore: put the new secret first, reload (SIGHUP; nobody is
+//! disconnected), mint with it, and drop the old line once its tokens have
+//! expired (and reload again).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::errors::ErrorKind;
@@ -70,14 +72,18 @@ impl Refusal {
 
 /// Verifies tokens against the secrets of the secret file.
 pub struct Authenticator {
-    keys: Vec<DecodingKey>,
+    /// Where the secrets come from, to read them again on reload.
+    path: Option<PathBuf>,
+    /// Read at every verification (handshakes and auth messages, never per
+    /// delivery), written only by a reload.
+    keys: RwLock<Vec<DecodingKey>>,
     validation: Validation,
 }
 
 impl std::fmt::Debug for Authenticator {
     /// Never prints the keys.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Authenticator({} secret(s))", self.keys.len())
+        write!(f, "Authenticator({} secret(s))", self.key_count())
     }
 }
 
@@ -87,24 +93,45 @@ const LEEWAY_SECONDS: u64 = 5;
 impl Authenticator {
     pub fn from_file(path: &Path) -> Result<Authenticator, String> {
         let secrets = read_secrets(path)?;
-        Ok(Authenticator::new(&secrets))
+        let mut auth = Authenticator::new(&secrets);
+        auth.path = Some(path.to_owned());
+        Ok(auth)
     }
 
     pub fn new(secrets: &[Vec<u8>]) -> Authenticator {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = LEEWAY_SECONDS;
         Authenticator {
-            keys: secrets
-                .iter()
-                .map(|s| DecodingKey::from_secret(s))
-                .collect(),
+            path: None,
+            keys: RwLock::new(decoding_keys(secrets)),
             validation,
         }
     }
 
+    /// Reads the secret file again and verifies with its secrets from now
+    /// on; connections already authenticated keep their grant. On error the
+    /// current secrets stay. Returns how many secrets the file holds.
+    pub fn reload(&self) -> Result<usize, String> {
+        let path = self
+            .path
+            .as_deref()
+            .ok_or("no secret file to reload from")?;
+        let secrets = read_secrets(path)?;
+        *self.keys.write().unwrap_or_else(PoisonError::into_inner) = decoding_keys(&secrets);
+        Ok(secrets.len())
+    }
+
+    pub fn key_count(&self) -> usize {
+        self.keys
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
     pub fn verify(&self, token: &str) -> Result<Grant, Refusal> {
         let mut last = Refusal::Invalid("no secret configured".into());
-        for key in &self.keys {
+        let keys = self.keys.read().unwrap_or_else(PoisonError::into_inner);
+        for key in keys.iter() {
             match jsonwebtoken::decode::<Claims>(token, key, &self.validation) {
                 Ok(data) => {
                     return Ok(Grant {
@@ -127,6 +154,13 @@ impl Authenticator {
         }
         Err(last)
     }
+}
+
+fn decoding_keys(secrets: &[Vec<u8>]) -> Vec<DecodingKey> {
+    secrets
+        .iter()
+        .map(|s| DecodingKey::from_secret(s))
+        .collect()
 }
 
 /// Signs a token with the first secret of `path`.

@@ -247,6 +247,8 @@ pub struct Running {
     pub listen: SocketAddr,
     /// The listener came from systemd socket activation.
     pub inherited_listener: bool,
+    /// Token verification (reloaded on SIGHUP), when authentication is on.
+    pub auth: Option<Arc<crate::auth::Authenticator>>,
     pub shards: Vec<ShardHandle>,
     pub shared: Arc<Shared>,
     pub open_files: u64,
@@ -308,7 +310,7 @@ pub fn start(config: &ServeConfig) -> Result<Running, StartError> {
         max_connections_per_shard: config.max_connections_per_shard.unwrap_or(usize::MAX),
         send_buffer: config.send_buffer.map(|b| b.min(i32::MAX as u64) as u32),
         shared_listener: inherited_listener,
-        auth,
+        auth: auth.clone(),
         auth_timeout: config.auth_timeout,
         allowed_origins: config.allowed_origins.clone(),
         max_request_header: config.max_request_header,
@@ -334,6 +336,7 @@ pub fn start(config: &ServeConfig) -> Result<Running, StartError> {
     Ok(Running {
         listen,
         inherited_listener,
+        auth,
         shards,
         shared,
         open_files,
@@ -432,6 +435,15 @@ pub fn serve(config: ServeConfig) -> Result<(), StartError> {
         .build()
         .map_err(|e| StartError(format!("cannot start the control runtime: {e}")))?;
     runtime.block_on(async {
+        // Before the start-up line and READY, so no signal can meet its
+        // default action (exit, without a drain) once the server says it is up.
+        let mut signals = Signals::new();
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(hangups) => {
+                tokio::spawn(reload_on_hangup(hangups, running.auth.clone()));
+            }
+            Err(e) => tracing::error!("cannot listen for SIGHUP: {e}"),
+        }
         let feeds = bind_feeds(&config, &running.shared)?;
         print_summary(&config, &running, &feeds);
         let (tx, rx) = mpsc::channel(INGEST_QUEUE);
@@ -461,7 +473,6 @@ pub fn serve(config: ServeConfig) -> Result<(), StartError> {
         if let Some(period) = crate::notify::watchdog_interval() {
             tokio::spawn(feed_watchdog(running.shared.clone(), period));
         }
-        let mut signals = Signals::new();
         signals.next().await;
         drain(&running, &config, &mut signals, _socket_file).await;
         Ok::<(), StartError>(())
@@ -614,6 +625,24 @@ fn print_summary(config: &ServeConfig, running: &Running, feeds: &Feeds) {
         running.max_connections,
         if config.echo { "; /echo enabled" } else { "" },
     );
+}
+
+/// SIGHUP re-reads the secret file (`systemctl reload ringcast`): secrets
+/// rotate without disconnecting anyone. Without authentication there is
+/// nothing to reload, and SIGHUP is only logged, never fatal.
+async fn reload_on_hangup(
+    mut hangups: tokio::signal::unix::Signal,
+    auth: Option<Arc<crate::auth::Authenticator>>,
+) {
+    while hangups.recv().await.is_some() {
+        crate::notify::notify("RELOADING=1");
+        match auth.as_deref().map(|a| a.reload()) {
+            None => tracing::info!("SIGHUP: nothing to reload (no --auth-secret-file)"),
+            Some(Ok(n)) => tracing::info!("SIGHUP: reloaded the secret file ({n} secret(s))"),
+            Some(Err(e)) => tracing::warn!("SIGHUP: kept the current secrets: {e}"),
+        }
+        crate::notify::notify("READY=1");
+    }
 }
 
 /// SIGTERM and SIGINT, as one stream.

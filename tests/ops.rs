@@ -311,3 +311,17 @@ fn socket_activation_refuses_what_it_cannot_serve() {
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(log.contains("socket passed by systemd (fd 3)"), "{log}");
 }
+
+#[test]
+fn sighup_without_authentication_is_harmless() {
+    let server = Server::start(&[]);
+    server.signal(libc::SIGHUP);
+    assert!(
+        server
+            .wait_for_log("nothing to reload", Duration::from_secs(10))
+            .is_some(),
+        "{}",
+        server.log()
+    );
+    assert_eq!(server.get("/healthz").0, 200);
+}

@@ -360,3 +360,44 @@ fn subscription_limit() {
         2
     );
 }
+
+#[test]
+fn sighup_rotates_secrets_without_disconnecting_anyone() {
+    let (_dir, secret) = secret_file();
+    let server = auth_server(&secret, &[]);
+    let old = mint(&secret, "a", "10m");
+    let status_with =
+        |token: &str| upgrade(&server, &format!("/ws?channels=a&token={token}"), &[]).0;
+    let (status, _, c) = upgrade(&server, &format!("/ws?channels=a&token={old}"), &[]);
+    assert_eq!(status, 101);
+    let mut connected = c.unwrap();
+    next(&mut connected);
+    let reloaded = |needle: &str| {
+        server.signal(libc::SIGHUP);
+        server
+            .wait_for_log(needle, Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("no '{needle}' in:\n{}", server.log()));
+    };
+
+    // Step 1: the new secret first (it signs), the old one still verifies.
+    let old_secret = std::fs::read_to_string(&secret).unwrap();
+    let new_secret = "new-secret-0123456789-0123456789-abcdef\n";
+    std::fs::write(&secret, format!("{new_secret}{old_secret}")).unwrap();
+    reloaded("reloaded the secret file (2 secret(s))");
+    let new = mint(&secret, "a", "10m");
+    assert_eq!((status_with(&new), status_with(&old)), (101, 101));
+
+    // Step 2: the old secret goes; its tokens stop working at the handshake.
+    std::fs::write(&secret, new_secret).unwrap();
+    reloaded("reloaded the secret file (1 secret(s))");
+    assert_eq!((status_with(&new), status_with(&old)), (101, 401));
+
+    // A file that cannot be used is refused, and the current secrets stay.
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    reloaded("kept the current secrets");
+    assert_eq!(status_with(&new), 101);
+
+    // The client authenticated with the old token was never disconnected.
+    publish(&server, "a", "1");
+    assert_eq!(next(&mut connected)["data"], 1);
+}
