@@ -92,6 +92,9 @@ pub struct ServeConfig {
     /// Apply the per-IP limits to loopback peers too. Off by default: on
     /// loopback the peer is usually a local proxy (nginx) carrying everyone.
     pub limit_loopback: bool,
+    /// Proxies whose `X-Forwarded-For` names the real client: the per-IP
+    /// limits then apply to that client, not to the proxy.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Largest HTTP request head (request line + headers); larger gets 431.
     pub max_request_header: usize,
     /// Bytes per second a `/ws` client may send (bursts of twice that, or of
@@ -141,6 +144,7 @@ impl Default for ServeConfig {
             max_connections_per_ip: 1000,
             handshake_rate_per_ip: 100,
             limit_loopback: false,
+            trusted_proxies: Vec::new(),
             max_request_header: 8 * 1024,
             client_bytes_rate: 64 * 1024,
             log_format: LogFormat::Text,
@@ -181,6 +185,7 @@ pub const KEYS: &[&str] = &[
     "max-connections-per-ip",
     "handshake-rate-per-ip",
     "limit-loopback",
+    "trusted-proxies",
     "max-request-header",
     "client-bytes-rate",
     "log-format",
@@ -311,6 +316,14 @@ impl ServeConfig {
                 self.handshake_rate_per_ip = parse_count(value, 0, 1_000_000)? as u32
             }
             "limit-loopback" => self.limit_loopback = parse_bool(value)?,
+            "trusted-proxies" => {
+                self.trusted_proxies = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty() && *p != "off")
+                    .map(parse_network)
+                    .collect::<Result<_, _>>()?
+            }
             "max-request-header" => {
                 self.max_request_header = parse_size(value, 1024, 64 * 1024)? as usize
             }
@@ -349,6 +362,14 @@ impl ServeConfig {
         }
         Ok(())
     }
+}
+
+/// `10.0.0.0/8`, or one address (`127.0.0.1`, `::1`).
+fn parse_network(value: &str) -> Result<ipnet::IpNet, String> {
+    value
+        .parse::<ipnet::IpNet>()
+        .or_else(|_| value.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("'{value}' is not an address or network (e.g. 10.0.0.0/8, 127.0.0.1)"))
 }
 
 /// `scheme://host[:port]`, where host may start with `*.`.
@@ -466,6 +487,11 @@ mod tests {
         assert!(e.0.contains("--high-water 'lots'"), "{e}");
         let e = ServeConfig::load(None, &[("allowed-origins", "example.com".into())]).unwrap_err();
         assert!(e.0.contains("not an origin"), "{e}");
+        let e = ServeConfig::load(None, &[("trusted-proxies", "10.0.0.0/33".into())]).unwrap_err();
+        assert!(e.0.contains("not an address or network"), "{e}");
+        let c = ServeConfig::load(None, &[("trusted-proxies", "127.0.0.1, 10.0.0.0/8".into())])
+            .unwrap();
+        assert_eq!(c.trusted_proxies.len(), 2);
         let e = ServeConfig::load(None, &[("shards", "0".into())]).unwrap_err();
         assert!(e.0.contains("--shards '0'"), "{e}");
         let dir = tempfile::tempdir().unwrap();

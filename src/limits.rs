@@ -8,8 +8,10 @@
 //! last couple of seconds plus those connected.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
+
+use ipnet::IpNet;
 
 /// A connection's place in the table, or [`UNTRACKED`].
 pub type PeerSlot = u32;
@@ -156,6 +158,41 @@ impl PeerLimits {
     }
 }
 
+/// Whether `ip` is one of the `--trusted-proxies`.
+pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
+    let ip = ip.to_canonical();
+    trusted.iter().any(|net| net.contains(&ip))
+}
+
+/// The client behind `peer`: `peer` itself unless it is a trusted proxy;
+/// then the nearest address of `X-Forwarded-For` (read right to left) that
+/// is not a trusted proxy. Entries further left were written by the client
+/// and prove nothing, so a forged header cannot pick another client's
+/// budget; one it cannot parse stops the walk at the last hop vouched for.
+pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpNet]) -> IpAddr {
+    let mut client = peer.to_canonical();
+    if !is_trusted(client, trusted) {
+        return client;
+    }
+    for hop in forwarded_for.unwrap_or_default().rsplit(',') {
+        let Some(ip) = parse_hop(hop) else { break };
+        client = ip.to_canonical();
+        if !is_trusted(client, trusted) {
+            break;
+        }
+    }
+    client
+}
+
+/// `203.0.113.5`, `2001:db8::1`, `[2001:db8::1]`, or either with a port.
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    let hop = hop.trim();
+    hop.parse()
+        .ok()
+        .or_else(|| hop.parse::<SocketAddr>().ok().map(|a| a.ip()))
+        .or_else(|| hop.strip_prefix('[')?.strip_suffix(']')?.parse().ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,5 +246,51 @@ mod tests {
             limits.release(slot);
         }
         assert!(limits.tracked() < 10_000, "{}", limits.tracked());
+    }
+
+    #[test]
+    fn client_ip_behind_trusted_proxies() {
+        let nets =
+            |list: &[&str]| -> Vec<IpNet> { list.iter().map(|n| n.parse().unwrap()).collect() };
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let proxies = nets(&["127.0.0.1/32", "10.0.0.0/8"]);
+        let client = |peer: &str, xff: Option<&str>| client_ip(ip(peer), xff, &proxies);
+        // Not from a proxy: the header is ignored.
+        assert_eq!(
+            client("203.0.113.9", Some("198.51.100.1")),
+            ip("203.0.113.9")
+        );
+        // From a proxy: the nearest untrusted hop.
+        assert_eq!(
+            client("127.0.0.1", Some("198.51.100.1")),
+            ip("198.51.100.1")
+        );
+        assert_eq!(
+            client("127.0.0.1", Some("6.6.6.6, 198.51.100.1, 10.1.2.3")),
+            ip("198.51.100.1"),
+            "a forged entry on the left is not believed"
+        );
+        assert_eq!(
+            client("127.0.0.1", Some("[2001:db8::7]:4711")),
+            ip("2001:db8::7")
+        );
+        assert_eq!(
+            client("127.0.0.1", Some("198.51.100.1:80")),
+            ip("198.51.100.1")
+        );
+        // Nothing usable: the last address vouched for.
+        assert_eq!(client("127.0.0.1", None), ip("127.0.0.1"));
+        assert_eq!(client("127.0.0.1", Some("")), ip("127.0.0.1"));
+        assert_eq!(client("127.0.0.1", Some("junk, 10.0.0.5")), ip("10.0.0.5"));
+        // Every hop trusted: the leftmost.
+        assert_eq!(
+            client("127.0.0.1", Some("10.0.0.1, 10.0.0.2")),
+            ip("10.0.0.1")
+        );
+        // An IPv4 peer seen through an IPv6 socket.
+        assert_eq!(
+            client("::ffff:127.0.0.1", Some("198.51.100.1")),
+            ip("198.51.100.1")
+        );
     }
 }

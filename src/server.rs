@@ -310,6 +310,7 @@ pub fn start(config: &ServeConfig) -> Result<Running, StartError> {
         max_connections_per_shard: config.max_connections_per_shard.unwrap_or(usize::MAX),
         send_buffer: config.send_buffer.map(|b| b.min(i32::MAX as u64) as u32),
         shared_listener: inherited_listener,
+        trusted_proxies: config.trusted_proxies.clone(),
         auth: auth.clone(),
         auth_timeout: config.auth_timeout,
         allowed_origins: config.allowed_origins.clone(),

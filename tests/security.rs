@@ -285,8 +285,13 @@ fn per_ip_connection_and_handshake_limits() {
     assert_eq!(status, 429, "{head}");
     assert!(head.contains("Retry-After"));
     drop(held);
-    server.wait_metric("ringcast_websockets_open", &[], |v| v == 0);
-    assert_eq!(upgrade(&server, "/ws", &[]).0, 101);
+    // Loopback is limited here, so even /metrics counts against the budget:
+    // poll with upgrades until the closes have been released.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while upgrade(&server, "/ws", &[]).0 != 101 {
+        assert!(Instant::now() < deadline, "connections never released");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     let server = Server::start(&["--limit-loopback", "--handshake-rate-per-ip", "5"]);
     let statuses: Vec<u16> = (0..20).map(|_| upgrade(&server, "/ws", &[]).0).collect();
@@ -400,4 +405,46 @@ fn sighup_rotates_secrets_without_disconnecting_anyone() {
     // The client authenticated with the old token was never disconnected.
     publish(&server, "a", "1");
     assert_eq!(next(&mut connected)["data"], 1);
+}
+
+#[test]
+fn per_ip_limits_behind_a_trusted_proxy() {
+    // The test client is the proxy (127.0.0.1); X-Forwarded-For names the
+    // clients it carries.
+    let server = Server::start(&[
+        "--trusted-proxies",
+        "127.0.0.1",
+        "--max-connections-per-ip",
+        "2",
+    ]);
+    let via = |xff: &str| upgrade(&server, "/ws", &[format!("X-Forwarded-For: {xff}")]);
+    let held: Vec<_> = (0..2)
+        .map(|_| via("203.0.113.5").2.expect("upgraded"))
+        .collect();
+    let (status, head, _) = via("203.0.113.5");
+    assert_eq!(status, 429, "{head}");
+    // A forged entry on the left does not escape the limit...
+    assert_eq!(via("198.51.100.77, 203.0.113.5").0, 429);
+    // ...and another client behind the same proxy has its own budget.
+    let other = via("203.0.113.6");
+    assert_eq!(other.0, 101);
+    assert_eq!(
+        server.metric("ringcast_connections_refused_per_ip_total", &[]),
+        2
+    );
+    // Closing releases the client's connections.
+    drop(held);
+    server.wait_metric("ringcast_websockets_open", &[], |v| v == 1);
+    assert_eq!(via("203.0.113.5").0, 101);
+
+    // Without --trusted-proxies the header is not believed: the peer is
+    // loopback, exempt by default.
+    let server = Server::start(&["--max-connections-per-ip", "1"]);
+    let _held: Vec<_> = (0..3)
+        .map(|_| {
+            let (status, _, c) = upgrade(&server, "/ws", &["X-Forwarded-For: 203.0.113.5".into()]);
+            assert_eq!(status, 101);
+            c
+        })
+        .collect();
 }

@@ -235,6 +235,9 @@ pub struct ServeArgs {
     /// Apply per-IP limits to loopback peers too (off: a local proxy carries everyone) [default: false].
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub limit_loopback: Option<String>,
+    /// Proxies (addresses or networks, comma-separated) whose X-Forwarded-For names the client for the per-IP limits [default: none].
+    #[arg(long, value_name = "NETWORKS")]
+    pub trusted_proxies: Option<String>,
     /// Largest HTTP request head; larger gets 431 [default: 8KiB].
     #[arg(long, value_name = "BYTES")]
     pub max_request_header: Option<String>,
@@ -280,6 +283,7 @@ impl ServeArgs {
             ("max-connections-per-ip", &self.max_connections_per_ip),
             ("handshake-rate-per-ip", &self.handshake_rate_per_ip),
             ("limit-loopback", &self.limit_loopback),
+            ("trusted-proxies", &self.trusted_proxies),
             ("max-request-header", &self.max_request_header),
             ("client-bytes-rate", &self.client_bytes_rate),
             ("log-format", &self.log_format),

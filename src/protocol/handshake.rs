@@ -29,6 +29,9 @@ pub struct RequestHead {
     pub origin: Option<String>,
     /// `Sec-WebSocket-Protocol` values offered by the client, in order.
     pub protocols: Vec<String>,
+    /// `X-Forwarded-For`, several headers joined with `,` in order; only
+    /// believed from `--trusted-proxies`.
+    pub forwarded_for: Option<String>,
 }
 
 /// Why a request head could not be parsed.
@@ -104,6 +107,7 @@ pub fn parse_request_head_limited(
         ws_key: None,
         origin: None,
         protocols: Vec::new(),
+        forwarded_for: None,
     };
     for h in req.headers.iter() {
         let Ok(value) = std::str::from_utf8(h.value) else {
@@ -127,6 +131,12 @@ pub fn parse_request_head_limited(
             head.ws_key = Some(value.trim().to_owned());
         } else if name.eq_ignore_ascii_case("origin") {
             head.origin = Some(value.trim().to_owned());
+        } else if name.eq_ignore_ascii_case("x-forwarded-for") {
+            let list = head.forwarded_for.get_or_insert_with(String::new);
+            if !list.is_empty() {
+                list.push(',');
+            }
+            list.push_str(value.trim());
         } else if name.eq_ignore_ascii_case("sec-websocket-protocol") {
             head.protocols.extend(
                 value

@@ -38,6 +38,7 @@ impl FanoutBench {
             max_connections_per_shard: usize::MAX,
             send_buffer: None,
             shared_listener: false,
+            trusted_proxies: Vec::new(),
             auth: None,
             auth_timeout: Duration::from_secs(10),
             allowed_origins: Vec::new(),

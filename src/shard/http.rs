@@ -29,6 +29,11 @@ impl Shard {
     }
 
     pub(super) fn on_request(&mut self, slot: u32, head: &RequestHead, rest: &[u8]) {
+        if !self.config.trusted_proxies.is_empty()
+            && let Err(why) = self.admit_behind_proxy(slot, head)
+        {
+            return self.refuse_peer(slot, why);
+        }
         match head.path.as_str() {
             "/ws" => self.upgrade(slot, head, Endpoint::Subscriber, rest),
             "/echo" if self.config.echo => self.upgrade(slot, head, Endpoint::Echo, rest),
@@ -219,6 +224,34 @@ impl Shard {
             grant,
             expires_at_ms,
         }
+    }
+
+    /// A connection from a trusted proxy: the per-IP limits apply to the
+    /// client its `X-Forwarded-For` names (admitted here, released on close).
+    fn admit_behind_proxy(
+        &mut self,
+        slot: u32,
+        head: &RequestHead,
+    ) -> Result<(), crate::limits::Refused> {
+        let Some(conn) = self.conns.get(slot) else {
+            return Ok(());
+        };
+        if !self.shared.peers.enabled() || conn.peer != crate::limits::UNTRACKED {
+            return Ok(());
+        }
+        let Some(peer) = peer_ip(conn.fd) else {
+            return Ok(());
+        };
+        if !crate::limits::is_trusted(peer, &self.config.trusted_proxies) {
+            return Ok(());
+        }
+        let trusted = &self.config.trusted_proxies;
+        let client = crate::limits::client_ip(peer, head.forwarded_for.as_deref(), trusted);
+        let admitted = self.shared.peers.admit(client, self.shared.uptime_ms())?;
+        if let Some(conn) = self.conns.get_mut(slot) {
+            conn.peer = admitted;
+        }
+        Ok(())
     }
 
     pub(super) fn reject(&mut self, slot: u32, response: Vec<u8>) {

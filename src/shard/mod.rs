@@ -73,6 +73,8 @@ pub struct ShardConfig {
     /// Every shard accepts on the same socket (systemd socket activation)
     /// rather than on its own `SO_REUSEPORT` one.
     pub shared_listener: bool,
+    /// Peers whose `X-Forwarded-For` is believed (see `limits::client_ip`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Token verification, when authentication is on.
     pub auth: Option<Arc<crate::auth::Authenticator>>,
     pub auth_timeout: Duration,
@@ -434,6 +436,21 @@ impl Shard {
         }
     }
 
+    /// 429: the client's address is over a per-IP limit.
+    fn refuse_peer(&mut self, slot: u32, why: crate::limits::Refused) {
+        self.stats.add(Counter::RefusedPerIp, 1);
+        let body: &[u8] = match why {
+            crate::limits::Refused::TooManyConnections => {
+                b"too many connections from your address\n"
+            }
+            crate::limits::Refused::TooManyHandshakes => {
+                b"too many new connections from your address; slow down\n"
+            }
+        };
+        let response = http_response(429, "text/plain", body, &[("Retry-After", "2")]);
+        self.respond_and_close(slot, response);
+    }
+
     fn open_conn(&mut self, fd: RawFd) {
         set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1);
         if let Some(size) = self.config.send_buffer {
@@ -444,9 +461,12 @@ impl Shard {
             || self.conns.len() >= self.config.max_connections_per_shard;
         let mut peer = crate::limits::UNTRACKED;
         let mut peer_refused = None;
+        // A trusted proxy's clients are admitted at their request, once
+        // its X-Forwarded-For has said who they are.
         if !over
             && self.shared.peers.enabled()
             && let Some(ip) = peer_ip(fd)
+            && !crate::limits::is_trusted(ip, &self.config.trusted_proxies)
         {
             match self.shared.peers.admit(ip, self.shared.uptime_ms()) {
                 Ok(admitted) => peer = admitted,
@@ -473,17 +493,7 @@ impl Shard {
             return self.respond_and_close(slot, response);
         }
         if let Some(why) = peer_refused {
-            self.stats.add(Counter::RefusedPerIp, 1);
-            let body: &[u8] = match why {
-                crate::limits::Refused::TooManyConnections => {
-                    b"too many connections from your address\n"
-                }
-                crate::limits::Refused::TooManyHandshakes => {
-                    b"too many new connections from your address; slow down\n"
-                }
-            };
-            let response = http_response(429, "text/plain", body, &[("Retry-After", "2")]);
-            return self.respond_and_close(slot, response);
+            return self.refuse_peer(slot, why);
         }
         let deadline = self.now_ms + self.config.handshake_timeout.as_millis() as u64;
         self.set_deadline(slot, deadline);
