@@ -125,6 +125,15 @@ fn stale_socket_file_is_replaced_live_one_is_refused() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(std::fs::read_to_string(&plain).unwrap(), "keep me");
+    // A directory that does not exist: said so, with the fix.
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--udp", "off", "--unix"])
+        .arg(dir.path().join("missing/feed.sock"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("missing does not exist"), "{stderr}");
     drop(server);
 }
 

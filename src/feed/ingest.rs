@@ -98,7 +98,23 @@ pub fn bind_unix(path: &Path) -> io::Result<UnixListener> {
                 Err(c) => Err(c),
             }
         }
-        Err(e) => Err(e),
+        Err(e) => {
+            let hint = match e.kind() {
+                io::ErrorKind::NotFound => match path.parent() {
+                    Some(dir) if !dir.as_os_str().is_empty() => format!(
+                        " (the directory {} does not exist: create it, or under systemd \
+                         let RuntimeDirectory= make it)",
+                        dir.display()
+                    ),
+                    _ => String::new(),
+                },
+                io::ErrorKind::PermissionDenied => {
+                    " (this user may not create files there: choose another --unix path)".into()
+                }
+                _ => String::new(),
+            };
+            Err(io::Error::new(e.kind(), format!("{e}{hint}")))
+        }
     }
 }
 
