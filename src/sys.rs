@@ -23,8 +23,7 @@ pub fn allowed_cpus() -> io::Result<Vec<usize>> {
 
 /// Pins the calling thread to one CPU.
 pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
-    // SAFETY: as in allowed_cpus; CPU_SET is given a CPU below CPU_SETSIZE
-    // (checked just below) and a valid set.
+    // SAFETY: as in allowed_cpus: cpu_set_t is plain data, all-zero is empty.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     if cpu >= libc::CPU_SETSIZE as usize {
         return Err(io::Error::new(
@@ -32,6 +31,8 @@ pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
             "CPU index too large",
         ));
     }
+    // SAFETY: CPU_SET writes one bit of `set`, at an index below
+    // CPU_SETSIZE (checked above).
     unsafe { libc::CPU_SET(cpu, &mut set) };
     // SAFETY: pointer and size describe `set`, which outlives the call.
     let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
