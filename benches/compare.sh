@@ -4,7 +4,7 @@
 # one CPU and the load generator (`ringcast bench`) to another, and prints a
 # table with the figures and their ratios. Results: target/compare/*.json.
 #
-#   benches/compare.sh                 # everything (~15 minutes on 2 cores)
+#   benches/compare.sh                 # everything (~25 minutes on 2 cores)
 #   SERVERS="ringcast floor" SCENARIOS="low s3" benches/compare.sh
 #
 # Environment: SERVER_CPU (0), BENCH_CPU (1), CONNS (10000), STEP (10s),
@@ -18,7 +18,7 @@ SERVER_CPU=${SERVER_CPU:-0}
 BENCH_CPU=${BENCH_CPU:-1}
 CONNS=${CONNS:-10000}
 STEP=${STEP:-10s}
-S1_RATES=${S1_RATES:-"5,10,20,40,80,120,160,200,240,280,320,400,480,560,640"}
+S1_RATES=${S1_RATES:-"5,10,20,40,80,120,160,200,240,280,320,400,480,560,640,720,800,880,960,1040"}
 S4_RATES=${S4_RATES:-"100,150,200,250,300,350,400,500"}
 RINGCAST_ARGS=""
 S1_P99=${S1_P99:-1s}
