@@ -305,11 +305,12 @@ fn socket_activation_refuses_what_it_cannot_serve() {
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(log.contains("systemd passed 2 sockets"), "{log}");
     assert!(log.contains("ListenStream="), "{log}");
-    // Descriptor 3 is not a socket at all here (nothing was passed).
+    // Nothing was passed: descriptor 3 is closed here (or, under some
+    // harness, something other than a listening TCP socket).
     let out = run("1");
     assert_eq!(out.status.code(), Some(1));
     let log = String::from_utf8_lossy(&out.stderr);
-    assert!(log.contains("socket passed by systemd (fd 3)"), "{log}");
+    assert!(log.contains("systemd") && log.contains("(fd 3)"), "{log}");
 }
 
 #[test]
