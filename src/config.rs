@@ -302,12 +302,9 @@ impl ServeConfig {
             "auth-secret-file" => self.auth_secret_file = parse_off(value).map(PathBuf::from),
             "auth-timeout" => self.auth_timeout = parse_duration(value)?,
             "allowed-origins" => {
-                self.allowed_origins = value
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|o| !o.is_empty() && *o != "*")
-                    .map(|o| parse_origin_pattern(o).map(|()| o.to_ascii_lowercase()))
-                    .collect::<Result<_, _>>()?
+                self.allowed_origins = parse_list(value, "*", |o| {
+                    parse_origin_pattern(o).map(|()| o.to_ascii_lowercase())
+                })?
             }
             "max-connections-per-ip" => {
                 self.max_connections_per_ip = parse_count(value, 0, 100_000_000)?
@@ -316,14 +313,7 @@ impl ServeConfig {
                 self.handshake_rate_per_ip = parse_count(value, 0, 1_000_000)? as u32
             }
             "limit-loopback" => self.limit_loopback = parse_bool(value)?,
-            "trusted-proxies" => {
-                self.trusted_proxies = value
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|p| !p.is_empty() && *p != "off")
-                    .map(parse_network)
-                    .collect::<Result<_, _>>()?
-            }
+            "trusted-proxies" => self.trusted_proxies = parse_list(value, "off", parse_network)?,
             "max-request-header" => {
                 self.max_request_header = parse_size(value, 1024, 64 * 1024)? as usize
             }
@@ -362,6 +352,21 @@ impl ServeConfig {
         }
         Ok(())
     }
+}
+
+/// A comma-separated list, each item parsed by `item`; empty items and the
+/// word that means "none" (`none_word`) are skipped.
+fn parse_list<T>(
+    value: &str,
+    none_word: &str,
+    item: impl Fn(&str) -> Result<T, String>,
+) -> Result<Vec<T>, String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|v| !v.is_empty() && *v != none_word)
+        .map(item)
+        .collect()
 }
 
 /// `10.0.0.0/8`, or one address (`127.0.0.1`, `::1`).

@@ -315,6 +315,12 @@ pub fn write_header(out: &mut String, name: &str, help: &str, kind: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
+/// A metric with one value and no labels: its header and its line.
+pub fn write_single(out: &mut String, name: &str, help: &str, kind: &str, value: u64) {
+    write_header(out, name, help, kind);
+    let _ = writeln!(out, "{name} {value}");
+}
+
 /// Renders the per-shard part of `/metrics`.
 pub fn render_shards(out: &mut String, shards: &[LocalStats]) {
     for g in Gauge::ALL {

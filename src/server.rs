@@ -80,16 +80,13 @@ impl Shared {
     /// The whole `/metrics` page.
     pub fn render_metrics(&self) -> String {
         let mut out = String::with_capacity(8192);
-        metrics::write_header(
+        metrics::write_single(
             &mut out,
             "ringcast_uptime_seconds",
             "Seconds since the server started.",
             "gauge",
+            self.started.elapsed().as_secs(),
         );
-        out.push_str(&format!(
-            "ringcast_uptime_seconds {}\n",
-            self.started.elapsed().as_secs()
-        ));
         let snapshots: Vec<_> = self.shard_stats.iter().map(|s| s.snapshot()).collect();
         metrics::render_shards(&mut out, &snapshots);
         self.render_feed(&mut out);
@@ -98,20 +95,59 @@ impl Shared {
 
     fn render_feed(&self, out: &mut String) {
         let feed = &self.feed;
-        let mut counter = |name: &str, help: &str, value: u64| {
-            metrics::write_header(out, name, help, "counter");
-            let _ = writeln!(out, "{name} {value}");
-        };
-        counter(
-            "ringcast_messages_published_total",
-            "Feed messages accepted and fanned out (all channels).",
-            feed.published.load(Relaxed),
-        );
-        counter(
-            "ringcast_feed_udp_drops_total",
-            "UDP feed datagrams the kernel dropped because the socket buffer was full.",
-            self.udp_drops(),
-        );
+        let single = [
+            (
+                "ringcast_messages_published_total",
+                "Feed messages accepted and fanned out (all channels).",
+                "counter",
+                feed.published.load(Relaxed),
+            ),
+            (
+                "ringcast_feed_udp_drops_total",
+                "UDP feed datagrams the kernel dropped because the socket buffer was full.",
+                "counter",
+                self.udp_drops(),
+            ),
+            (
+                "ringcast_feed_unix_publishers",
+                "Publishers connected to the Unix feed socket.",
+                "gauge",
+                feed.unix_publishers.load(Relaxed),
+            ),
+            (
+                "ringcast_limited_ips",
+                "Client IPs tracked by the per-IP limits.",
+                "gauge",
+                self.peers.tracked() as u64,
+            ),
+            (
+                "ringcast_channels",
+                "Channels known to the server.",
+                "gauge",
+                self.registry.len() as u64,
+            ),
+            (
+                "ringcast_history_bytes",
+                "Bytes held in channel histories (all channels).",
+                "gauge",
+                feed.history_bytes.load(Relaxed),
+            ),
+            (
+                "ringcast_history_frames",
+                "Frames held in channel histories (all channels).",
+                "gauge",
+                feed.history_frames.load(Relaxed),
+            ),
+            (
+                "ringcast_history_evicted_by_total_cap_total",
+                "History frames evicted early because all channels together reached --history-total.",
+                "counter",
+                feed.history_evicted_by_total_cap.load(Relaxed),
+            ),
+        ];
+        for (name, help, kind, value) in single {
+            metrics::write_single(out, name, help, kind, value);
+        }
         let name = "ringcast_feed_messages_total";
         metrics::write_header(out, name, "Feed messages received, by socket.", "counter");
         let _ = writeln!(
@@ -134,53 +170,6 @@ impl Shared {
                 feed.errors(kind)
             );
         }
-        let name = "ringcast_feed_unix_publishers";
-        metrics::write_header(
-            out,
-            name,
-            "Publishers connected to the Unix feed socket.",
-            "gauge",
-        );
-        let _ = writeln!(out, "{name} {}", feed.unix_publishers.load(Relaxed));
-        let name = "ringcast_limited_ips";
-        metrics::write_header(
-            out,
-            name,
-            "Client IPs tracked by the per-IP limits.",
-            "gauge",
-        );
-        let _ = writeln!(out, "{name} {}", self.peers.tracked());
-        let name = "ringcast_channels";
-        metrics::write_header(out, name, "Channels known to the server.", "gauge");
-        let _ = writeln!(out, "{name} {}", self.registry.len());
-        let name = "ringcast_history_bytes";
-        metrics::write_header(
-            out,
-            name,
-            "Bytes held in channel histories (all channels).",
-            "gauge",
-        );
-        let _ = writeln!(out, "{name} {}", feed.history_bytes.load(Relaxed));
-        let name = "ringcast_history_frames";
-        metrics::write_header(
-            out,
-            name,
-            "Frames held in channel histories (all channels).",
-            "gauge",
-        );
-        let _ = writeln!(out, "{name} {}", feed.history_frames.load(Relaxed));
-        let name = "ringcast_history_evicted_by_total_cap_total";
-        metrics::write_header(
-            out,
-            name,
-            "History frames evicted early because all channels together reached --history-total.",
-            "counter",
-        );
-        let _ = writeln!(
-            out,
-            "{name} {}",
-            feed.history_evicted_by_total_cap.load(Relaxed)
-        );
         let name = "ringcast_channel_messages_published_total";
         metrics::write_header(
             out,

@@ -248,22 +248,32 @@ fn gone(conn: &mut Conn, c: &mut Counters, slow_cut: bool) {
     }
 }
 
+/// Parses the frames in `data` (after any partial frame kept from the
+/// previous read) and keeps the incomplete tail, reusing the connection's
+/// buffer rather than allocating per read.
 fn on_bytes(conn: &mut Conn, data: &[u8], c: &mut Counters) {
-    let mut owned = Vec::new();
-    let buf: &[u8] = if conn.partial.is_empty() {
+    let mut partial = std::mem::take(&mut conn.partial);
+    let buf: &[u8] = if partial.is_empty() {
         data
     } else {
-        owned = std::mem::take(&mut conn.partial);
-        owned.extend_from_slice(data);
-        &owned
+        partial.extend_from_slice(data);
+        &partial
     };
     let mut at = 0;
     while let Some((opcode, payload, len)) = parse_server_frame(&buf[at..]) {
         on_frame(conn, opcode, payload, c);
         at += len;
     }
-    conn.partial = buf[at..].to_vec();
-    drop(owned);
+    if partial.is_empty() {
+        partial.extend_from_slice(&data[at..]);
+    } else {
+        partial.drain(..at);
+    }
+    // Thousands of idle connections must not each keep a large buffer.
+    if partial.is_empty() && partial.capacity() > 4096 {
+        partial = Vec::new();
+    }
+    conn.partial = partial;
 }
 
 fn on_frame(conn: &mut Conn, opcode: u8, payload: &[u8], c: &mut Counters) {

@@ -280,11 +280,9 @@ impl Shard {
                 continue;
             };
             if next == seq {
-                let n = conn.out.push(frame.clone());
                 set_cursor(conn, local, seq + 1);
                 self.stats.add(Counter::FramesDelivered, 1);
-                self.note_queued(slot, n);
-                self.schedule_flush(slot);
+                self.enqueue(slot, frame.clone());
                 self.join_live(slot, local);
             } else if next == seq + 1 {
                 self.join_live(slot, local);
@@ -328,8 +326,7 @@ impl Shard {
                 match found {
                     Replay::Gap { from, to } => {
                         let notice = control::gap(&channel.name, from, to);
-                        let frame = Rc::new(encode_server_frame(OpCode::Text, notice.as_bytes()));
-                        self.push_replayed(slot, frame);
+                        self.push_replayed(slot, text_frame(&notice));
                         cursor.next = to + 1;
                     }
                     Replay::Frames { next } => {

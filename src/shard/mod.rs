@@ -16,6 +16,7 @@ mod fanout;
 mod http;
 mod outqueue;
 mod send;
+use send::text_frame;
 mod session;
 mod timer;
 

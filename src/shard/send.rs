@@ -17,10 +17,7 @@ impl Shard {
 
     /// Queues a text frame (a notice) for `slot`.
     pub(super) fn enqueue_text(&mut self, slot: u32, text: &str) {
-        self.enqueue(
-            slot,
-            Rc::new(encode_server_frame(OpCode::Text, text.as_bytes())),
-        );
+        self.enqueue(slot, text_frame(text));
     }
 
     /// Accounts for `n` bytes just queued on `slot`, and cuts the client if
@@ -170,4 +167,9 @@ impl Shard {
             self.release(c.slot, true, CloseReason::PeerGone);
         }
     }
+}
+
+/// A notice as a queueable text frame.
+pub(super) fn text_frame(text: &str) -> FrameRef {
+    Rc::new(encode_server_frame(OpCode::Text, text.as_bytes()))
 }
