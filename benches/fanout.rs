@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
+use ringcast::core::bench_support::FanoutBench;
 use ringcast::feed::envelope::encode_frame;
-use ringcast::shard::bench_support::FanoutBench;
 
 struct CountingAllocator;
 

@@ -67,14 +67,13 @@ fn main() -> std::io::Result<()> {
                 Op::Accept if !c.more() => driver.accept(listener.as_raw_fd())?,
                 Op::Recv if c.slot == UDP_SLOT => {
                     if let (true, Some(bid)) = (c.result > 0, c.buffer()) {
-                        // SAFETY: filled by this completion, recycled below.
-                        let datagram = unsafe { driver.received(bid, c.result as usize) };
+                        let datagram = driver.received(bid, c.result as usize);
                         let mut header = [0u8; MAX_SERVER_HEADER];
                         let n =
                             write_server_header(&mut header, true, OpCode::Text, datagram.len());
                         let mut frame = header[..n].to_vec();
-                        frame.extend_from_slice(datagram);
-                        driver.recycle(bid);
+                        frame.extend_from_slice(&datagram);
+                        drop(datagram);
                         let frame = Rc::new(frame);
                         next_frame = (next_frame + 1) & 0x00ff_ffff;
                         let mut sends = 0;
@@ -116,10 +115,11 @@ fn main() -> std::io::Result<()> {
                     let Some(bid) = c.buffer() else { continue };
                     // Until the upgrade, collect the request; afterwards
                     // whatever clients send is ignored.
-                    if !conn.upgraded {
-                        // SAFETY: filled by this completion, recycled below.
-                        let data = unsafe { driver.received(bid, c.result as usize) };
-                        conn.head.extend_from_slice(data);
+                    if conn.upgraded {
+                        driver.recycle(bid);
+                    } else {
+                        conn.head
+                            .extend_from_slice(&driver.received(bid, c.result as usize));
                         if let Ok(Some((head, _))) = parse_request_head(&conn.head) {
                             let response = match validate_upgrade(&head) {
                                 Ok(accept) => switching_protocols(&accept, None),
@@ -133,7 +133,6 @@ fn main() -> std::io::Result<()> {
                             conn.upgraded = true;
                         }
                     }
-                    driver.recycle(bid);
                 }
                 Op::Send => {
                     if c.result < 0

@@ -21,6 +21,9 @@ use serde::{Deserialize, Serialize};
 pub struct Claims {
     /// Expiry, seconds since the Unix epoch.
     pub exp: u64,
+    /// Not valid before this (seconds since the Unix epoch), if set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
     /// Channels the holder may subscribe to: exact names, `prefix*`, or `*`.
     #[serde(default)]
     pub channels: Vec<String>,
@@ -48,9 +51,9 @@ impl Grant {
             })
     }
 
-    /// Seconds until expiry (0 when already past).
-    pub fn seconds_left(&self) -> u64 {
-        self.expires.saturating_sub(unix_now())
+    /// Seconds until expiry at `now` (Unix seconds; 0 when already past).
+    pub fn seconds_left_at(&self, now: u64) -> u64 {
+        self.expires.saturating_sub(now)
     }
 }
 
@@ -58,6 +61,8 @@ impl Grant {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
     Expired,
+    /// `nbf` is still in the future.
+    NotYetValid,
     Invalid(String),
 }
 
@@ -65,6 +70,7 @@ impl Refusal {
     pub fn reason(&self) -> String {
         match self {
             Refusal::Expired => "token expired".to_owned(),
+            Refusal::NotYetValid => "token not valid yet (nbf is in the future)".to_owned(),
             Refusal::Invalid(why) => format!("invalid token: {why}"),
         }
     }
@@ -99,8 +105,13 @@ impl Authenticator {
     }
 
     pub fn new(secrets: &[Vec<u8>]) -> Authenticator {
+        // Time claims are checked by `verify_at` against the time it is
+        // given (the shards pass their own clock), not by the library
+        // against the system clock.
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = LEEWAY_SECONDS;
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.set_required_spec_claims(&["exp"]);
         Authenticator {
             path: None,
             keys: RwLock::new(decoding_keys(secrets)),
@@ -128,12 +139,29 @@ impl Authenticator {
             .len()
     }
 
+    /// Verifies `token` at the current system time.
     pub fn verify(&self, token: &str) -> Result<Grant, Refusal> {
+        self.verify_at(token, unix_now())
+    }
+
+    /// Verifies `token` at `now` (Unix seconds): signature, `exp` and `nbf`
+    /// (each with [`LEEWAY_SECONDS`] of clock skew allowed).
+    pub fn verify_at(&self, token: &str, now: u64) -> Result<Grant, Refusal> {
         let mut last = Refusal::Invalid("no secret configured".into());
         let keys = self.keys.read().unwrap_or_else(PoisonError::into_inner);
         for key in keys.iter() {
             match jsonwebtoken::decode::<Claims>(token, key, &self.validation) {
                 Ok(data) => {
+                    if data.claims.exp.saturating_add(LEEWAY_SECONDS) < now {
+                        return Err(Refusal::Expired);
+                    }
+                    if data
+                        .claims
+                        .nbf
+                        .is_some_and(|nbf| nbf > now.saturating_add(LEEWAY_SECONDS))
+                    {
+                        return Err(Refusal::NotYetValid);
+                    }
                     return Ok(Grant {
                         channels: data.claims.channels,
                         expires: data.claims.exp,
@@ -182,6 +210,7 @@ pub fn mint_with(
 ) -> Result<String, String> {
     let claims = Claims {
         exp: unix_now() + ttl.as_secs(),
+        nbf: None,
         channels: channels.to_vec(),
         sub,
     };
@@ -225,7 +254,7 @@ fn read_secrets(path: &Path) -> Result<Vec<Vec<u8>>, String> {
     Ok(secrets)
 }
 
-fn unix_now() -> u64 {
+pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -242,6 +271,7 @@ mod tests {
     fn token(secret: &[u8], channels: &[&str], ttl_secs: i64) -> String {
         let claims = Claims {
             exp: (unix_now() as i64 + ttl_secs) as u64,
+            nbf: None,
             channels: channels.iter().map(|c| c.to_string()).collect(),
             sub: None,
         };
@@ -261,7 +291,7 @@ mod tests {
         assert!(grant.allows("news.sport"));
         assert!(!grant.allows("prices2"));
         assert!(!grant.allows("news"));
-        assert!(grant.seconds_left() > 50);
+        assert!(grant.seconds_left_at(unix_now()) > 50);
         let all = auth.verify(&token(NEW, &["*"], 60)).unwrap();
         assert!(all.allows("anything"));
     }
@@ -281,6 +311,30 @@ mod tests {
         assert!(matches!(auth.verify(""), Err(Refusal::Invalid(_))));
         // Within the leeway an expired token still passes.
         assert!(auth.verify(&token(NEW, &["a"], -2)).is_ok());
+        // Time is what the caller says it is.
+        let t = token(NEW, &["a"], 60);
+        assert_eq!(auth.verify_at(&t, unix_now() + 120), Err(Refusal::Expired));
+    }
+
+    #[test]
+    fn not_before_is_honoured_with_the_leeway() {
+        let auth = Authenticator::new(&[NEW.to_vec()]);
+        let now = unix_now();
+        let claims = Claims {
+            exp: now + 600,
+            nbf: Some(now + 60),
+            channels: vec!["a".into()],
+            sub: None,
+        };
+        let t = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(NEW),
+        )
+        .unwrap();
+        assert_eq!(auth.verify_at(&t, now), Err(Refusal::NotYetValid));
+        assert!(auth.verify_at(&t, now + 56).is_ok(), "within the leeway");
+        assert!(auth.verify_at(&t, now + 61).is_ok());
     }
 
     #[test]

@@ -102,6 +102,9 @@ pub struct ServeConfig {
     pub client_bytes_rate: u64,
     /// Log output format.
     pub log_format: LogFormat,
+    /// The shards' I/O driver: io_uring where it works end to end, epoll
+    /// elsewhere (`auto`), or one of them by name.
+    pub io: crate::driver::probe::IoChoice,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,6 +151,7 @@ impl Default for ServeConfig {
             max_request_header: 8 * 1024,
             client_bytes_rate: 64 * 1024,
             log_format: LogFormat::Text,
+            io: crate::driver::probe::IoChoice::Auto,
         }
     }
 }
@@ -189,6 +193,7 @@ pub const KEYS: &[&str] = &[
     "max-request-header",
     "client-bytes-rate",
     "log-format",
+    "io",
 ];
 
 /// A configuration error, worded for the person who has to fix it.
@@ -325,6 +330,7 @@ impl ServeConfig {
                     _ => return Err("expected 'text' or 'json'".into()),
                 }
             }
+            "io" => self.io = crate::driver::probe::IoChoice::parse(value)?,
             _ => {
                 return Err(format!(
                     "unknown setting '{key}' (known: {})",
@@ -379,8 +385,17 @@ fn parse_network(value: &str) -> Result<ipnet::IpNet, String> {
 
 /// `scheme://host[:port]`, where host may start with `*.`.
 fn parse_origin_pattern(value: &str) -> Result<(), String> {
+    if !value.is_ascii() {
+        return Err(format!(
+            "'{value}' is not an origin as browsers send it: they send host names in their ASCII \
+             (punycode) form, e.g. https://xn--9ca.example for https://é.example; write it that way"
+        ));
+    }
     let ok = value.split_once("://").is_some_and(|(scheme, host)| {
-        !scheme.is_empty() && !host.is_empty() && !host.contains('/') && !host[1..].contains('*')
+        !scheme.is_empty()
+            && !host.is_empty()
+            && !host.contains('/')
+            && !host.chars().skip(1).any(|c| c == '*')
     });
     if ok {
         Ok(())
@@ -484,6 +499,35 @@ mod tests {
                 "systemd/ringcast.toml does not mention {key}"
             );
         }
+    }
+
+    #[test]
+    fn a_non_ascii_origin_is_an_error_not_a_panic() {
+        let e = ServeConfig::load(None, &[("allowed-origins", "https://é.example".into())])
+            .unwrap_err();
+        assert!(e.0.contains("--allowed-origins"), "{e}");
+        assert!(e.0.contains("punycode"), "{e}");
+        let e = ServeConfig::load(None, &[("allowed-origins", "é".into())]).unwrap_err();
+        assert!(e.0.contains("not an origin"), "{e}");
+        let c = ServeConfig::load(
+            None,
+            &[("allowed-origins", "https://xn--9ca.example".into())],
+        )
+        .unwrap();
+        assert_eq!(
+            c.allowed_origins,
+            vec!["https://xn--9ca.example".to_owned()]
+        );
+    }
+
+    #[test]
+    fn io_driver_setting() {
+        use crate::driver::probe::IoChoice;
+        assert_eq!(ServeConfig::default().io, IoChoice::Auto);
+        let c = ServeConfig::load(None, &[("io", "epoll".into())]).unwrap();
+        assert_eq!(c.io, IoChoice::Epoll);
+        let e = ServeConfig::load(None, &[("io", "kqueue".into())]).unwrap_err();
+        assert!(e.0.contains("--io 'kqueue'"), "{e}");
     }
 
     #[test]

@@ -78,7 +78,7 @@ pub fn run(connections: u64) -> Vec<Check> {
         "open files system-wide, with 10% room for everything else",
     ));
 
-    checks.push(io_uring_check());
+    checks.push(io_driver_check());
 
     let need_mem = connections * (KERNEL_BYTES_PER_IDLE_SOCKET + RINGCAST_BYTES_PER_CONNECTION);
     let available = meminfo_kib("MemAvailable").map(|k| k * 1024);
@@ -215,26 +215,38 @@ pub fn report(connections: u64, checks: &[Check]) -> (String, i32) {
     (out, if fails > 0 { 1 } else { 0 })
 }
 
-fn io_uring_check() -> Check {
-    let disabled = sysctl_u64("kernel/io_uring_disabled");
-    let ring = crate::shard::probe_io_uring();
-    let verdict = if ring.is_ok() {
-        Verdict::Ok
-    } else {
-        Verdict::Fail
-    };
-    let detail = match (&ring, disabled) {
-        (Ok(()), d) => format!(
-            "a ring was set up (kernel.io_uring_disabled = {})",
-            d.map_or("absent".to_owned(), |d| d.to_string())
-        ),
-        (Err(e), _) => e.to_string(),
-    };
-    Check {
-        name: "io_uring",
-        verdict,
-        detail,
-        fix: "sysctl -w kernel.io_uring_disabled=0; in Docker allow io_uring_setup/io_uring_enter/io_uring_register in the seccomp profile; under systemd keep them in SystemCallFilter= (systemd/ringcast.service does)".into(),
+/// Which driver `serve --io auto` would pick here, and why: io_uring only
+/// when a ring was set up, registered and an operation submitted and reaped.
+fn io_driver_check() -> Check {
+    use crate::driver::probe::{IoChoice, resolve};
+    match resolve(IoChoice::Auto) {
+        Ok((crate::driver::Io::IoUring, _)) => Check {
+            name: "io driver",
+            verdict: Verdict::Ok,
+            detail: "auto -> io-uring (a ring was set up and registered, and an operation submitted and reaped)".into(),
+            fix: String::new(),
+        },
+        Ok((driver, warning)) => {
+            let cause = crate::driver::probe::probe_io_uring()
+                .err()
+                .map(|u| (u.cause, u.fix));
+            let (why, fix) = cause.unwrap_or_else(|| (warning.unwrap_or_default(), String::new()));
+            Check {
+                name: "io driver",
+                verdict: Verdict::Warn,
+                detail: format!(
+                    "auto -> {} ({why}); everything works on epoll, io_uring is faster at low rates",
+                    driver.label()
+                ),
+                fix,
+            }
+        }
+        Err(e) => Check {
+            name: "io driver",
+            verdict: Verdict::Fail,
+            detail: e,
+            fix: String::new(),
+        },
     }
 }
 

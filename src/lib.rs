@@ -1,15 +1,22 @@
-//! ringcast: a WebSocket broadcast server on io_uring.
+//! ringcast: a WebSocket broadcast server for Linux, on io_uring or epoll.
 //!
-//! `protocol` is pure (handshake, frames); `shard` runs the io_uring event
-//! loops that own the connections; `server` starts them and runs the control
-//! plane; `metrics` counts; `config` and `cli` read what the operator asked for.
+//! Layers, each using only those below it: `protocol` (pure: handshake,
+//! frames, queries, notices); `core` (the I/O-free shard state machine and
+//! the channel registry it shares); `driver` (the shard threads: io_uring or
+//! epoll around a core), `feed` (publishers in, deliveries to the shards) and
+//! `admin` (the metrics page, off the shards); `server` (start-up, signals,
+//! control plane) on top. `uring` is the io_uring wrapper the io_uring
+//! driver, the load generator and the baseline share.
 
 pub mod activation;
+pub mod admin;
 pub mod auth;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod core;
 pub mod doctor;
+pub mod driver;
 pub mod feed;
 pub mod limits;
 pub mod metrics;
@@ -17,6 +24,5 @@ pub mod notify;
 pub mod protocol;
 pub mod publish;
 pub mod server;
-pub mod shard;
 pub mod sys;
 pub mod uring;

@@ -1,224 +1,52 @@
 //! `ringcast serve`: binds the listeners, starts one shard per CPU, prints
 //! the start-up summary, and runs the control plane (signals; the feed).
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Socket, Type};
 use tokio::sync::mpsc;
 
 use crate::config::ServeConfig;
-use crate::feed::envelope::FeedError;
-use crate::feed::registry::{HistoryLimits, Registry};
-use crate::feed::{Distributor, FeedStats, HistoryConfig, ingest};
+use crate::core::CoreConfig;
+use crate::core::registry::HistoryLimits;
+use crate::core::shared::Shared;
+use crate::driver::{self, DriverConfig, Io, ShardHandle, ShardMsg, ShardSetup};
+use crate::feed::{Distributor, FeedStats, HistoryConfig, ShardLink, ingest};
 use crate::limits::PeerLimits;
-use crate::metrics::{self, SharedStats};
-use crate::shard::{self, ShardConfig, ShardHandle, ShardMsg};
 
-/// Channels listed one by one in `/metrics` (the busiest); more would make
-/// the page, and the monitoring system's series count, unbounded.
-const METRICS_CHANNELS: usize = 100;
 /// Messages queued from the ingest tasks to the distributor.
 const INGEST_QUEUE: usize = 4096;
 /// Channel messages queued to each shard.
 const SHARD_INBOX: usize = 16384;
 
-/// State every thread can read: stats, the channels, the drain flag.
-pub struct Shared {
-    pub shard_stats: Vec<SharedStats>,
-    pub draining: AtomicBool,
-    pub started: Instant,
-    pub registry: Registry,
-    pub feed: Arc<FeedStats>,
-    /// Inode of the UDP feed socket, to read its kernel drop counter.
-    pub udp_inode: AtomicU64,
-    /// Identifies this run of the server (random, new at each start), so
-    /// clients can tell that their seqs belong to an earlier run.
-    pub epoch: String,
-    /// Connections open on all shards (checked against --max-connections).
-    pub connections: AtomicUsize,
-    /// Per-client-IP limits.
-    pub peers: PeerLimits,
-    /// Per shard, when its event loop last turned (ms since `started`):
-    /// the systemd watchdog is only fed while every shard is alive.
-    pub shard_heartbeat: Vec<AtomicU64>,
-}
-
-impl Shared {
-    pub fn new(shards: usize, max_channels: usize, peers: PeerLimits) -> Shared {
-        Shared {
-            shard_stats: (0..shards).map(|_| SharedStats::default()).collect(),
-            draining: AtomicBool::new(false),
-            started: Instant::now(),
-            registry: Registry::new(shards, max_channels),
-            feed: Arc::new(FeedStats::default()),
-            udp_inode: AtomicU64::new(0),
-            epoch: new_epoch(),
-            connections: AtomicUsize::new(0),
-            peers,
-            shard_heartbeat: (0..shards).map(|_| AtomicU64::new(0)).collect(),
-        }
-    }
-
-    /// Milliseconds since the server started.
-    pub fn uptime_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
-    }
-
-    /// WebSocket connections open on all shards.
-    pub fn websockets_open(&self) -> u64 {
-        self.shard_stats
-            .iter()
-            .map(|s| s.snapshot().gauges[metrics::Gauge::WebSocketsOpen as usize])
-            .sum()
-    }
-
-    /// The whole `/metrics` page.
-    pub fn render_metrics(&self) -> String {
-        let mut out = String::with_capacity(8192);
-        metrics::write_single(
-            &mut out,
-            "ringcast_uptime_seconds",
-            "Seconds since the server started.",
-            "gauge",
-            self.started.elapsed().as_secs(),
-        );
-        let snapshots: Vec<_> = self.shard_stats.iter().map(|s| s.snapshot()).collect();
-        metrics::render_shards(&mut out, &snapshots);
-        self.render_feed(&mut out);
-        out
-    }
-
-    fn render_feed(&self, out: &mut String) {
-        let feed = &self.feed;
-        let single = [
-            (
-                "ringcast_messages_published_total",
-                "Feed messages accepted and fanned out (all channels).",
-                "counter",
-                feed.published.load(Relaxed),
-            ),
-            (
-                "ringcast_feed_udp_drops_total",
-                "UDP feed datagrams the kernel dropped because the socket buffer was full.",
-                "counter",
-                self.udp_drops(),
-            ),
-            (
-                "ringcast_feed_unix_publishers",
-                "Publishers connected to the Unix feed socket.",
-                "gauge",
-                feed.unix_publishers.load(Relaxed),
-            ),
-            (
-                "ringcast_limited_ips",
-                "Client IPs tracked by the per-IP limits.",
-                "gauge",
-                self.peers.tracked() as u64,
-            ),
-            (
-                "ringcast_channels",
-                "Channels known to the server.",
-                "gauge",
-                self.registry.len() as u64,
-            ),
-            (
-                "ringcast_history_bytes",
-                "Bytes held in channel histories (all channels).",
-                "gauge",
-                feed.history_bytes.load(Relaxed),
-            ),
-            (
-                "ringcast_history_frames",
-                "Frames held in channel histories (all channels).",
-                "gauge",
-                feed.history_frames.load(Relaxed),
-            ),
-            (
-                "ringcast_history_evicted_by_total_cap_total",
-                "History frames evicted early because all channels together reached --history-total.",
-                "counter",
-                feed.history_evicted_by_total_cap.load(Relaxed),
-            ),
-        ];
-        for (name, help, kind, value) in single {
-            metrics::write_single(out, name, help, kind, value);
-        }
-        let name = "ringcast_feed_messages_total";
-        metrics::write_header(out, name, "Feed messages received, by socket.", "counter");
-        let _ = writeln!(
-            out,
-            "{name}{{source=\"udp\"}} {}",
-            feed.udp_messages.load(Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "{name}{{source=\"unix\"}} {}",
-            feed.unix_messages.load(Relaxed)
-        );
-        let name = "ringcast_feed_errors_total";
-        metrics::write_header(out, name, "Feed messages refused, by kind.", "counter");
-        for kind in FeedError::ALL {
-            let _ = writeln!(
-                out,
-                "{name}{{kind=\"{}\"}} {}",
-                kind.label(),
-                feed.errors(kind)
-            );
-        }
-        let name = "ringcast_channel_messages_published_total";
-        metrics::write_header(
-            out,
-            name,
-            "Messages published per channel (the 100 busiest channels only).",
-            "counter",
-        );
-        for (channel, count) in self.registry.busiest(METRICS_CHANNELS) {
-            let _ = writeln!(out, "{name}{{channel=\"{channel}\"}} {count}");
-        }
-    }
-
-    /// The kernel's drop counter of the UDP feed socket (from /proc/net/udp*).
-    fn udp_drops(&self) -> u64 {
-        let inode = self.udp_inode.load(Relaxed);
-        if inode == 0 {
-            return 0;
-        }
-        let inode = inode.to_string();
-        ["/proc/net/udp", "/proc/net/udp6"]
-            .iter()
-            .filter_map(|p| std::fs::read_to_string(p).ok())
-            .flat_map(|text| {
-                text.lines()
-                    .skip(1)
-                    .map(|l| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
-                    .collect::<Vec<_>>()
-            })
-            // Columns: ... inode (9), ref, pointer, drops (12).
-            .find(|cols| cols.get(9) == Some(&inode))
-            .and_then(|cols| cols.get(12)?.parse().ok())
-            .unwrap_or(0)
-    }
-}
-
 /// 64 random bits in hex, from the kernel's random source.
 fn new_epoch() -> String {
     let mut bytes = [0u8; 8];
-    // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer.
-    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-    if n != bytes.len() as isize {
+    if getrandom_fill(&mut bytes).is_err() {
         // Never expected on Linux 3.17+; time still distinguishes restarts.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
-        bytes = nanos.to_le_bytes();
+        bytes = unix_ms_now().to_le_bytes();
     }
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn getrandom_fill(bytes: &mut [u8]) -> std::io::Result<()> {
+    let n = rustix::rand::getrandom(&mut *bytes, rustix::rand::GetRandomFlags::empty())?;
+    if n == bytes.len() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other("short read from getrandom"))
+    }
+}
+
+fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// A start-up failure: printed as is, exit status 1.
@@ -240,8 +68,14 @@ pub struct Running {
     pub auth: Option<Arc<crate::auth::Authenticator>>,
     pub shards: Vec<ShardHandle>,
     pub shared: Arc<Shared>,
+    pub feed: Arc<FeedStats>,
+    /// Inode of the UDP feed socket, once bound (for its drop counter).
+    pub udp_inode: Arc<AtomicU64>,
+    /// The server clock's origin.
+    pub started: Instant,
     pub open_files: u64,
     pub max_connections: usize,
+    pub io: Io,
 }
 
 /// The bound feed sockets.
@@ -283,7 +117,11 @@ pub fn start(config: &ServeConfig) -> Result<Running, StartError> {
         .ok()
         .and_then(|a| a.as_socket())
         .unwrap_or(config.listen);
-    let shard_config = Arc::new(ShardConfig {
+    let (io, fallback) = crate::driver::probe::resolve(config.io).map_err(StartError)?;
+    if let Some(warning) = fallback {
+        tracing::warn!("{warning}");
+    }
+    let core_config = Arc::new(CoreConfig {
         high_water: config.high_water,
         max_message: config.max_message,
         echo_max_message: config.echo_max_message,
@@ -291,14 +129,9 @@ pub fn start(config: &ServeConfig) -> Result<Running, StartError> {
         ping_timeout: config.ping_timeout,
         handshake_timeout: config.handshake_timeout,
         echo: config.echo,
-        recv_buffers: config.recv_buffers,
-        recv_buffer_size: config.recv_buffer_size,
         max_subscriptions: config.max_subscriptions,
-        inbox_capacity: SHARD_INBOX,
         max_connections,
         max_connections_per_shard: config.max_connections_per_shard.unwrap_or(usize::MAX),
-        send_buffer: config.send_buffer.map(|b| b.min(i32::MAX as u64) as u32),
-        shared_listener: inherited_listener,
         trusted_proxies: config.trusted_proxies.clone(),
         auth: auth.clone(),
         auth_timeout: config.auth_timeout,
@@ -307,18 +140,51 @@ pub fn start(config: &ServeConfig) -> Result<Running, StartError> {
         client_bytes_rate: config.client_bytes_rate.min(u64::from(u32::MAX / 4)) as u32,
         client_rate: config.client_rate,
     });
+    let driver_config = Arc::new(DriverConfig {
+        io,
+        recv_buffers: config.recv_buffers,
+        recv_buffer_size: config.recv_buffer_size,
+        inbox_capacity: SHARD_INBOX,
+        send_buffer: config.send_buffer.map(|b| b.min(i32::MAX as u64) as u32),
+        shared_listener: inherited_listener,
+    });
     let peers = PeerLimits::new(
         config.max_connections_per_ip,
         config.handshake_rate_per_ip,
         config.limit_loopback,
     );
-    let shared = Arc::new(Shared::new(shard_count, config.max_channels, peers));
+    let started = Instant::now();
+    let shared = Arc::new(Shared::new(
+        shard_count,
+        config.max_channels,
+        peers,
+        new_epoch(),
+        unix_ms_now(),
+    ));
+    let feed = Arc::new(FeedStats::default());
+    let udp_inode = Arc::new(AtomicU64::new(0));
+    let metrics = crate::admin::start(crate::admin::MetricsSource {
+        shared: shared.clone(),
+        feed: feed.clone(),
+        udp_inode: udp_inode.clone(),
+        started,
+        io,
+    })
+    .map_err(|e| StartError(format!("cannot start the metrics thread: {e}")))?;
     let mut shards = Vec::with_capacity(shard_count);
     for (index, listener) in listeners.into_iter().enumerate() {
         let cpu = cpus[index % cpus.len()];
-        // SAFETY: into_raw_fd hands over sole ownership of the descriptor.
-        let fd = unsafe { OwnedFd::from_raw_fd(listener.into_raw_fd()) };
-        let handle = shard::spawn(index, cpu, fd, shard_config.clone(), shared.clone())
+        let setup = ShardSetup {
+            index,
+            cpu,
+            listener: OwnedFd::from(listener),
+            core: core_config.clone(),
+            driver: driver_config.clone(),
+            shared: shared.clone(),
+            started,
+            metrics: Some(metrics.clone()),
+        };
+        let handle = driver::spawn(setup)
             .map_err(|e| StartError(format!("shard {index} could not start: {e}")))?;
         tracing::info!("shard {index} ready on CPU {cpu}");
         shards.push(handle);
@@ -329,8 +195,12 @@ pub fn start(config: &ServeConfig) -> Result<Running, StartError> {
         auth,
         shards,
         shared,
+        feed,
+        udp_inode,
+        started,
         open_files,
         max_connections,
+        io,
     })
 }
 
@@ -434,10 +304,10 @@ pub fn serve(config: ServeConfig) -> Result<(), StartError> {
             }
             Err(e) => tracing::error!("cannot listen for SIGHUP: {e}"),
         }
-        let feeds = bind_feeds(&config, &running.shared)?;
+        let feeds = bind_feeds(&config, &running.udp_inode)?;
         print_summary(&config, &running, &feeds);
         let (tx, rx) = mpsc::channel(INGEST_QUEUE);
-        let stats = running.shared.feed.clone();
+        let stats = running.feed.clone();
         let max = config.max_feed_message;
         let _socket_file = if let Some((listener, guard)) = feeds.unix {
             tokio::spawn(ingest::run_unix(listener, tx.clone(), max, stats.clone()));
@@ -457,11 +327,26 @@ pub fn serve(config: ServeConfig) -> Result<(), StartError> {
             total_bytes: config.history_total as usize,
             channel_ttl: config.channel_ttl,
         };
-        let distributor = Distributor::new(running.shared.feed.clone(), &running, history);
+        let links = running
+            .shards
+            .iter()
+            .map(|s| ShardLink::new(s.index, s.deliveries.clone(), s.waker()))
+            .collect();
+        let distributor = Distributor::new(
+            running.feed.clone(),
+            running.shared.clone(),
+            running.started,
+            links,
+            history,
+        );
         tokio::spawn(distributor.run(rx));
         crate::notify::notify("READY=1");
         if let Some(period) = crate::notify::watchdog_interval() {
-            tokio::spawn(feed_watchdog(running.shared.clone(), period));
+            tokio::spawn(feed_watchdog(
+                running.shared.clone(),
+                running.started,
+                period,
+            ));
         }
         signals.next().await;
         drain(&running, &config, &mut signals, _socket_file).await;
@@ -525,11 +410,11 @@ async fn drain(
 
 /// Pings the systemd watchdog at half its period, but only while every
 /// shard's event loop is turning: a stuck shard makes systemd restart us.
-async fn feed_watchdog(shared: Arc<Shared>, period: Duration) {
+async fn feed_watchdog(shared: Arc<Shared>, started: Instant, period: Duration) {
     let mut tick = tokio::time::interval(period / 2);
     loop {
         tick.tick().await;
-        let now = shared.uptime_ms();
+        let now = started.elapsed().as_millis() as u64;
         let stale = period.as_millis() as u64 / 2;
         let alive = shared
             .shard_heartbeat
@@ -543,15 +428,13 @@ async fn feed_watchdog(shared: Arc<Shared>, period: Duration) {
     }
 }
 
-fn bind_feeds(config: &ServeConfig, shared: &Shared) -> Result<Feeds, StartError> {
+fn bind_feeds(config: &ServeConfig, udp_inode: &AtomicU64) -> Result<Feeds, StartError> {
     let udp = match config.udp {
         Some(addr) => {
             let socket = ingest::bind_udp(addr)
                 .map_err(|e| StartError(format!("cannot bind the UDP feed on {addr}: {e}")))?;
             let bound = socket.local_addr().unwrap_or(addr);
-            shared
-                .udp_inode
-                .store(socket_inode(socket.as_raw_fd()), Relaxed);
+            udp_inode.store(socket_inode(socket.as_fd()), Relaxed);
             Some((bound, socket))
         }
         None => None,
@@ -571,14 +454,8 @@ fn bind_feeds(config: &ServeConfig, shared: &Shared) -> Result<Feeds, StartError
     Ok(Feeds { udp, unix })
 }
 
-fn socket_inode(fd: std::os::fd::RawFd) -> u64 {
-    // SAFETY: fstat fills a stat struct we own; the fd is open.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    if unsafe { libc::fstat(fd, &mut st) } == 0 {
-        st.st_ino
-    } else {
-        0
-    }
+fn socket_inode(fd: std::os::fd::BorrowedFd<'_>) -> u64 {
+    rustix::fs::fstat(fd).map_or(0, |st| st.st_ino)
 }
 
 /// The one start-up line: where it listens, shards and CPUs, feeds, limits.
@@ -602,7 +479,7 @@ fn print_summary(config: &ServeConfig, running: &Running, feeds: &Feeds) {
         list.join(", ")
     };
     tracing::info!(
-        "ringcast {} listening on {}{}; {} shard(s) on CPU(s) {cpu_list}; feeds: {feeds}; open files limit {}; max connections {}{}",
+        "ringcast {} listening on {}{}; {} shard(s) on CPU(s) {cpu_list}, io driver {}; feeds: {feeds}; open files limit {}; max connections {}{}",
         env!("CARGO_PKG_VERSION"),
         running.listen,
         if running.inherited_listener {
@@ -611,6 +488,7 @@ fn print_summary(config: &ServeConfig, running: &Running, feeds: &Feeds) {
             ""
         },
         running.shards.len(),
+        running.io.label(),
         running.open_files,
         running.max_connections,
         if config.echo { "; /echo enabled" } else { "" },

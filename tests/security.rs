@@ -154,15 +154,27 @@ fn refused_tokens_and_channels() {
             .unwrap()
             .as_secs()
             - 60,
+        nbf: None,
         channels: vec!["prices".into()],
         sub: None,
     };
-    let expired = jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(b"test-secret-0123456789-0123456789-abcdef"),
-    )
-    .unwrap();
+    let sign = |claims: &ringcast::auth::Claims| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            claims,
+            &jsonwebtoken::EncodingKey::from_secret(b"test-secret-0123456789-0123456789-abcdef"),
+        )
+        .unwrap()
+    };
+    let expired = sign(&claims);
+    // Signed with the server's secret, valid only from a minute from now
+    // (past the leeway): refused until then.
+    let now = claims.exp + 60;
+    let not_yet = sign(&ringcast::auth::Claims {
+        exp: now + 600,
+        nbf: Some(now + 60),
+        ..claims.clone()
+    });
 
     let (status, head, _) = upgrade(&server, &format!("/ws?channels=prices&token={forged}"), &[]);
     assert_eq!(status, 401, "{head}");
@@ -174,6 +186,12 @@ fn refused_tokens_and_channels() {
         &[],
     );
     assert_eq!(status, 401);
+    let (status, text) = common::http_request(
+        server.addr,
+        &common::upgrade_request(&format!("/ws?channels=prices&token={not_yet}")),
+    );
+    assert_eq!(status, 401, "{text}");
+    assert!(text.contains("not valid yet"), "{text}");
     let (status, _, _) = upgrade(&server, &format!("/ws?channels=secret&token={good}"), &[]);
     assert_eq!(status, 403);
 

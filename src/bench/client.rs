@@ -216,11 +216,8 @@ fn on_completion(driver: &mut Driver, conns: &mut [Conn], done: &Completion, c: 
     };
     if done.result > 0 {
         if let Some(bid) = done.buffer() {
-            // SAFETY: the buffer was filled by this completion and is
-            // recycled right after; the slice does not outlive this block.
-            let data = unsafe { driver.received(bid, done.result as usize) };
-            on_bytes(conn, data, c);
-            driver.recycle(bid);
+            let data = driver.received(bid, done.result as usize);
+            on_bytes(conn, &data, c);
         }
         if !done.more() && conn.open && driver.recv(conn.fd, done.slot, 0).is_err() {
             gone(conn, c, false);

@@ -247,6 +247,9 @@ pub struct ServeArgs {
     /// Log format: text or json [default: text].
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<String>,
+    /// I/O driver: auto (io_uring where it works, else epoll), io-uring, or epoll [default: auto].
+    #[arg(long, value_name = "DRIVER")]
+    pub io: Option<String>,
 }
 
 impl ServeArgs {
@@ -287,6 +290,7 @@ impl ServeArgs {
             ("max-request-header", &self.max_request_header),
             ("client-bytes-rate", &self.client_bytes_rate),
             ("log-format", &self.log_format),
+            ("io", &self.io),
         ];
         let mut given: Vec<(&'static str, String)> = options
             .into_iter()

@@ -16,10 +16,7 @@ use serde_json::value::RawValue;
 
 use crate::protocol::frame::{MAX_SERVER_HEADER, OpCode, write_server_header};
 
-/// Channel used when a message names none.
-pub const DEFAULT_CHANNEL: &str = "default";
-/// Longest channel name.
-pub const MAX_CHANNEL_NAME: usize = 128;
+pub use crate::protocol::channel::{DEFAULT_CHANNEL, MAX_CHANNEL_NAME, is_valid_channel_name};
 
 /// Why a feed message was refused; also the metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -109,16 +106,6 @@ fn decode_channel(raw: &str) -> Result<Cow<'_, str>, FeedError> {
             .map(Cow::Owned)
             .map_err(|_| FeedError::BadChannel),
     }
-}
-
-/// 1–128 bytes of `[A-Za-z0-9._:-]`: safe in JSON without escaping, in URLs,
-/// in metric labels and in logs.
-pub fn is_valid_channel_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_CHANNEL_NAME
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
 const PREFIX: &[u8] = b"{\"channel\":\"";

@@ -10,9 +10,7 @@
 //! counted in `/metrics`).
 
 pub mod envelope;
-pub mod history;
 pub mod ingest;
-pub mod registry;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -21,11 +19,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use crate::server::{Running, Shared};
-use crate::shard::Delivery;
+use crate::core::Delivery;
+use crate::core::history::Released;
+use crate::core::registry::{Channel, HistoryLimits};
+use crate::core::shared::Shared;
+use crate::driver::Waker;
 use envelope::FeedError;
-use history::Released;
-use registry::{Channel, HistoryLimits};
 
 /// Feed counters, read by `/metrics` on any thread.
 #[derive(Debug, Default)]
@@ -103,6 +102,8 @@ pub struct HistoryConfig {
 /// Owns seq assignment, the histories' global bound, and the hand-off to shards.
 pub struct Distributor {
     shared: Arc<Shared>,
+    /// The server clock's origin (channel activity is kept on it).
+    started: Instant,
     stats: Arc<FeedStats>,
     shards: Vec<ShardLink>,
     log: RateLimitedLog,
@@ -115,12 +116,24 @@ pub struct Distributor {
     retained_frames: usize,
 }
 
-struct ShardLink {
-    index: usize,
-    tx: mpsc::Sender<Delivery>,
-    waker: Arc<crate::shard::Waker>,
+/// Where the distributor hands a shard its messages.
+pub struct ShardLink {
+    pub index: usize,
+    pub tx: mpsc::Sender<Delivery>,
+    pub waker: Arc<Waker>,
     /// Messages sent since the last wake-up.
     unwoken: bool,
+}
+
+impl ShardLink {
+    pub fn new(index: usize, tx: mpsc::Sender<Delivery>, waker: Arc<Waker>) -> ShardLink {
+        ShardLink {
+            index,
+            tx,
+            waker,
+            unwoken: false,
+        }
+    }
 }
 
 /// Messages taken from the ingest queue per round before waking the shards:
@@ -128,26 +141,28 @@ struct ShardLink {
 const BATCH: usize = 256;
 
 impl Distributor {
-    pub fn new(stats: Arc<FeedStats>, running: &Running, history: HistoryConfig) -> Self {
+    pub fn new(
+        stats: Arc<FeedStats>,
+        shared: Arc<Shared>,
+        started: Instant,
+        shards: Vec<ShardLink>,
+        history: HistoryConfig,
+    ) -> Self {
         Distributor {
-            shared: running.shared.clone(),
+            shared,
+            started,
             stats,
             history,
             retained: VecDeque::new(),
             retained_bytes: 0,
             retained_frames: 0,
-            shards: running
-                .shards
-                .iter()
-                .map(|s| ShardLink {
-                    index: s.index,
-                    tx: s.deliveries.clone(),
-                    waker: s.waker.clone(),
-                    unwoken: false,
-                })
-                .collect(),
+            shards,
             log: RateLimitedLog::new(Duration::from_secs(5)),
         }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
     }
 
     /// Runs until every ingest task is gone.
@@ -169,7 +184,7 @@ impl Distributor {
                     self.wake_shards();
                 }
                 _ = sweep.tick() => {
-                    let released = self.shared.registry.sweep(ttl.as_millis() as u64);
+                    let released = self.shared.registry.sweep(ttl.as_millis() as u64, self.now_ms());
                     self.forget(released);
                     self.publish_history_stats();
                 }
@@ -225,11 +240,11 @@ impl Distributor {
             Ok(env) => env,
             Err(kind) => return self.refuse(kind, message),
         };
-        let channel = match self.shared.registry.get_or_create(&env.channel) {
+        let now = self.now_ms();
+        let channel = match self.shared.registry.get_or_create(&env.channel, now) {
             Ok(c) => c,
             Err(_) => return self.refuse(FeedError::TooManyChannels, message),
         };
-        let now = self.shared.registry.now_ms();
         let (seq, frame, evicted) = channel.publish(self.history.per_channel, now, |seq| {
             envelope::encode_frame(&channel.name, seq, env.data)
         });

@@ -2,6 +2,7 @@
 //! encoding, and the incremental reader of client frames. Everything here is
 //! unit-tested, property-tested and fuzzed without sockets.
 
+pub mod channel;
 pub mod control;
 pub mod frame;
 pub mod handshake;

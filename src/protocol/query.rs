@@ -1,7 +1,7 @@
 //! The `/ws` query string: which channels to subscribe to, and where to
 //! resume them from. Pure.
 
-use crate::feed::envelope::{DEFAULT_CHANNEL, MAX_CHANNEL_NAME, is_valid_channel_name};
+use super::channel::{DEFAULT_CHANNEL, MAX_CHANNEL_NAME, is_valid_channel_name};
 
 /// What a subscriber asked for in its URL.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -81,23 +81,17 @@ impl BufRing {
         self.buf_size
     }
 
-    /// The first `len` bytes of buffer `bid`, which the kernel just filled.
-    ///
-    /// # Safety
-    /// `bid` must come from a completion and must not have been recycled
-    /// since; the slice must not be used after `recycle(bid)`.
-    pub unsafe fn filled(&self, bid: u16, len: usize) -> &'static mut [u8] {
+    /// The first `len` bytes of buffer `bid`, which a receive completion
+    /// just filled. The buffer goes back to the kernel when the guard drops,
+    /// and the guard borrows the ring, so the bytes cannot outlive that.
+    /// `bid` must come from a completion and not have been recycled since
+    /// (it is then the kernel's again; reading it would race its writes).
+    pub fn filled(&mut self, bid: u16, len: usize) -> Filled<'_> {
         assert!(bid < self.entries && len <= self.buf_size as usize);
-        // SAFETY: in bounds of the mapping (checked above); the kernel wrote
-        // this buffer and will not touch it again until it is recycled, which
-        // the caller promises happens only after the slice is dead.
-        unsafe {
-            std::slice::from_raw_parts_mut(
-                self.bufs
-                    .as_ptr()
-                    .add(usize::from(bid) * self.buf_size as usize),
-                len,
-            )
+        Filled {
+            ring: self,
+            bid,
+            len,
         }
     }
 
@@ -126,6 +120,39 @@ impl BufRing {
             let tail = BufRingEntry::tail(self.ring.as_ptr()) as *mut u16;
             AtomicU16::from_ptr(tail).store(self.tail, Ordering::Release);
         }
+    }
+}
+
+/// A filled receive buffer, recycled on drop (see [`BufRing::filled`]).
+pub struct Filled<'a> {
+    ring: &'a mut BufRing,
+    bid: u16,
+    len: usize,
+}
+
+impl std::ops::Deref for Filled<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        // SAFETY: in bounds of the mapping (checked in `filled`); the kernel
+        // wrote this buffer and does not touch it again until it is
+        // recycled, which happens only when this guard drops, after every
+        // borrow of the slice has ended.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.ring
+                    .bufs
+                    .as_ptr()
+                    .add(usize::from(self.bid) * self.ring.buf_size as usize),
+                self.len,
+            )
+        }
+    }
+}
+
+impl Drop for Filled<'_> {
+    fn drop(&mut self) {
+        self.ring.recycle(self.bid);
     }
 }
 

@@ -1,8 +1,8 @@
 //! The shard's I/O driver: the only code that talks to io_uring.
 //!
-//! The shard asks it to accept, receive, send and cancel, and reads back
-//! [`Completion`]s; nothing above this module knows about SQEs. An epoll
-//! driver for hosts without io_uring would implement the same few calls.
+//! The io_uring shard driver, the load generator and the bare-sender
+//! baseline ask it to accept, receive, send and cancel, and read back
+//! [`Completion`]s; nothing above this module knows about SQEs.
 //!
 //! Sends: a single frame goes out as `IORING_OP_SEND` pointing at the frame
 //! bytes; several frames as one `IORING_OP_SENDMSG` with an iovec each. The
@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 
-use super::bufring::{BUFFER_GROUP, BufRing};
+use super::bufring::{BUFFER_GROUP, BufRing, Filled};
 
 /// What an operation was, carried in its user_data next to the connection slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,6 +229,34 @@ impl Driver {
         self.push(entry)
     }
 
+    /// Submits a no-op and waits (up to `timeout`) for its completion: proof
+    /// that `io_uring_enter` works here, not only `io_uring_setup`.
+    pub fn round_trip(&mut self, timeout: Duration) -> io::Result<()> {
+        let e = opcode::Nop::new()
+            .build()
+            .user_data(token(Op::Cancel, 0, 1));
+        self.push(e)?;
+        let ts = types::Timespec::from(timeout);
+        let args = types::SubmitArgs::new().timespec(&ts);
+        match self.ring.submitter().submit_with_args(1, &args) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ETIME) => {}
+            Err(e) => return Err(e),
+        }
+        let reaped = self.reap();
+        if reaped
+            .iter()
+            .any(|c| c.op == Op::Cancel && c.generation == 1)
+        {
+            Ok(())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "a submitted no-op did not complete",
+            ))
+        }
+    }
+
     /// Cancels every operation in flight on `fd`.
     pub fn cancel_all(&mut self, fd: RawFd) -> io::Result<()> {
         let e = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all())
@@ -304,15 +332,13 @@ impl Driver {
         self.reaped = v;
     }
 
-    /// The bytes a receive completion delivered in buffer `bid`.
-    ///
-    /// # Safety
-    /// As [`BufRing::filled`]: use the slice only before `recycle(bid)`.
-    pub unsafe fn received(&self, bid: u16, len: usize) -> &'static mut [u8] {
-        // SAFETY: forwarded contract.
-        unsafe { self.bufs.filled(bid, len) }
+    /// The bytes a receive completion delivered in buffer `bid`; the
+    /// buffer goes back to the kernel when the guard drops.
+    pub fn received(&mut self, bid: u16, len: usize) -> Filled<'_> {
+        self.bufs.filled(bid, len)
     }
 
+    /// Hands back a buffer whose bytes are not wanted.
     pub fn recycle(&mut self, bid: u16) {
         self.bufs.recycle(bid);
     }

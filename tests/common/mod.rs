@@ -86,6 +86,13 @@ impl Server {
         if !args.contains(&"--unix") {
             cmd.args(["--unix", "off"]);
         }
+        // The whole suite runs under the driver RINGCAST_IO names (CI runs
+        // it under each); unset, the server picks (`auto`).
+        if !args.contains(&"--io")
+            && let Some(io) = io_driver()
+        {
+            cmd.args(["--io", &io]);
+        }
         cmd.args(args)
             .current_dir(dir.path())
             .env(
@@ -192,7 +199,14 @@ impl Server {
     pub fn wait_metric(&self, name: &str, labels: &[&str], want: impl Fn(u64) -> bool) -> u64 {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let v = self.metric(name, labels);
+            // A server at its connection limit answers 503 until the
+            // connections being waited for are gone: ask again.
+            let (status, text) = self.get("/metrics");
+            let v = metric_sum(&text, name, labels);
+            if status != 200 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
             if want(v) || Instant::now() >= deadline {
                 return v;
             }
@@ -235,6 +249,11 @@ impl Drop for Server {
             let _ = child.wait();
         }
     }
+}
+
+/// The I/O driver the suite runs servers on (`RINGCAST_IO`), if set.
+pub fn io_driver() -> Option<String> {
+    std::env::var("RINGCAST_IO").ok().filter(|v| !v.is_empty())
 }
 
 /// Resident set size of process `pid` in bytes, from /proc/PID/statm.

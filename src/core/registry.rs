@@ -101,7 +101,6 @@ pub struct Registry {
     next_id: AtomicU64,
     shards: usize,
     max_channels: usize,
-    started: std::time::Instant,
 }
 
 impl Registry {
@@ -111,40 +110,39 @@ impl Registry {
             next_id: AtomicU64::new(1),
             shards,
             max_channels,
-            started: std::time::Instant::now(),
         }
     }
 
-    /// Milliseconds since the registry started (the channels' activity clock).
-    pub fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
-    }
-
     /// For a shard: the channel `name` (created if new) with this shard's
-    /// interest raised, under the lock the sweep excludes.
-    pub fn subscribe(&self, name: &str, shard: usize) -> Result<Arc<Channel>, TooManyChannels> {
+    /// interest raised, under the lock the sweep excludes. `now_ms` is the
+    /// server clock (the channels' activity time).
+    pub fn subscribe(
+        &self,
+        name: &str,
+        shard: usize,
+        now_ms: u64,
+    ) -> Result<Arc<Channel>, TooManyChannels> {
         {
             let map = self.by_name.read().unwrap_or_else(|e| e.into_inner());
             if let Some(c) = map.get(name) {
                 c.set_interest(shard, true);
-                c.last_active.store(self.now_ms(), SeqCst);
+                c.last_active.store(now_ms, SeqCst);
                 return Ok(c.clone());
             }
         }
         let mut map = self.by_name.write().unwrap_or_else(|e| e.into_inner());
         let channel = match map.get(name) {
             Some(c) => c.clone(),
-            None => self.insert_new(&mut map, name)?,
+            None => self.insert_new(&mut map, name, now_ms)?,
         };
         channel.set_interest(shard, true);
-        channel.last_active.store(self.now_ms(), SeqCst);
+        channel.last_active.store(now_ms, SeqCst);
         Ok(channel)
     }
 
     /// Removes channels with no subscriber anywhere and no activity for
-    /// `ttl_ms`; returns the history released with them.
-    pub fn sweep(&self, ttl_ms: u64) -> Released {
-        let now = self.now_ms();
+    /// `ttl_ms` at `now`; returns the history released with them.
+    pub fn sweep(&self, ttl_ms: u64, now: u64) -> Released {
         let mut map = self.by_name.write().unwrap_or_else(|e| e.into_inner());
         let mut released = Released::default();
         map.retain(|_, c| {
@@ -169,7 +167,7 @@ impl Registry {
 
     /// The channel called `name`, created if new. The caller has validated
     /// the name.
-    pub fn get_or_create(&self, name: &str) -> Result<Arc<Channel>, TooManyChannels> {
+    pub fn get_or_create(&self, name: &str, now_ms: u64) -> Result<Arc<Channel>, TooManyChannels> {
         if let Some(c) = self.get(name) {
             return Ok(c);
         }
@@ -177,13 +175,14 @@ impl Registry {
         if let Some(c) = map.get(name) {
             return Ok(c.clone());
         }
-        self.insert_new(&mut map, name)
+        self.insert_new(&mut map, name, now_ms)
     }
 
     fn insert_new(
         &self,
         map: &mut HashMap<Arc<str>, Arc<Channel>>,
         name: &str,
+        now_ms: u64,
     ) -> Result<Arc<Channel>, TooManyChannels> {
         if map.len() >= self.max_channels {
             return Err(TooManyChannels);
@@ -194,7 +193,7 @@ impl Registry {
             name: name.clone(),
             interest: (0..self.shards).map(|_| AtomicBool::new(false)).collect(),
             last_seq: AtomicU64::new(0),
-            last_active: AtomicU64::new(self.now_ms()),
+            last_active: AtomicU64::new(now_ms),
             history: Mutex::new(History::default()),
         });
         map.insert(name, channel.clone());
@@ -217,8 +216,15 @@ impl Registry {
             .map(|c| (c.name.clone(), c.last_seq()))
             .collect();
         drop(map);
-        all.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        all.truncate(limit);
+        let busiest_first =
+            |a: &(Arc<str>, u64), b: &(Arc<str>, u64)| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0));
+        // Linear selection, then a sort of only what is kept: the page stays
+        // cheap with a hundred thousand channels.
+        if all.len() > limit {
+            all.select_nth_unstable_by(limit, busiest_first);
+            all.truncate(limit);
+        }
+        all.sort_unstable_by(busiest_first);
         all
     }
 }
@@ -230,10 +236,10 @@ mod tests {
     #[test]
     fn create_once_and_cap() {
         let r = Registry::new(2, 2);
-        let a = r.get_or_create("a").unwrap();
-        assert_eq!(r.get_or_create("a").unwrap().id, a.id);
-        r.get_or_create("b").unwrap();
-        assert_eq!(r.get_or_create("c").unwrap_err(), TooManyChannels);
+        let a = r.get_or_create("a", 0).unwrap();
+        assert_eq!(r.get_or_create("a", 0).unwrap().id, a.id);
+        r.get_or_create("b", 0).unwrap();
+        assert_eq!(r.get_or_create("c", 0).unwrap_err(), TooManyChannels);
         assert_eq!(r.len(), 2);
     }
 
@@ -245,14 +251,14 @@ mod tests {
     #[test]
     fn seq_history_and_interest() {
         let r = Registry::new(2, 10);
-        let a = r.get_or_create("a").unwrap();
+        let a = r.get_or_create("a", 0).unwrap();
         let (s1, f1, _) = a.publish(LIMITS, 0, |seq| Bytes::from(format!("m{seq}")));
         let (s2, _, _) = a.publish(LIMITS, 0, |seq| Bytes::from(format!("m{seq}")));
         assert_eq!((s1, s2, a.last_seq(), &f1[..]), (1, 2, 2, &b"m1"[..]));
         let history = a.history();
         assert_eq!((history.oldest(), history.len()), (Some(1), 2));
         drop(history);
-        let b = r.subscribe("a", 1).unwrap();
+        let b = r.subscribe("a", 1, 0).unwrap();
         assert!(!b.is_interested(0) && b.is_interested(1));
         assert_eq!(r.busiest(5)[0], (Arc::from("a"), 2));
     }
@@ -260,15 +266,15 @@ mod tests {
     #[test]
     fn sweep_only_idle_channels_without_subscribers() {
         let r = Registry::new(1, 10);
-        let a = r.get_or_create("a").unwrap();
+        let a = r.get_or_create("a", 0).unwrap();
         a.publish(LIMITS, 0, |_| Bytes::from_static(b"12345"));
-        r.subscribe("b", 0).unwrap();
+        r.subscribe("b", 0, 0).unwrap();
         // ttl 0: everything is idle; only the unsubscribed one goes.
-        assert_eq!(r.sweep(0).bytes, 5);
+        assert_eq!(r.sweep(0, 0).bytes, 5);
         assert!(r.get("a").is_none());
         assert!(r.get("b").is_some());
         r.get("b").unwrap().set_interest(0, false);
-        assert_eq!(r.sweep(3_600_000).frames, 0);
+        assert_eq!(r.sweep(3_600_000, 0).frames, 0);
         assert!(r.get("b").is_some());
     }
 }

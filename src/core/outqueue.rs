@@ -18,6 +18,10 @@ use bytes::Bytes;
 /// An encoded frame (or any bytes to write), shared within one shard.
 pub type FrameRef = Rc<Bytes>;
 
+/// One piece of a send: where the bytes are and how many. The pointer is
+/// into a frame the queue keeps alive until the send is reported done.
+pub type IoSlicePtr = (*const u8, usize);
+
 /// A FIFO of frames whose first element lives inline.
 #[derive(Debug, Default)]
 struct Frames {
@@ -65,12 +69,13 @@ impl Frames {
 #[derive(Debug, Default)]
 pub struct OutQueue {
     frames: Frames,
-    /// Bytes of `frames[0]` already written.
-    front_offset: usize,
+    /// Bytes of `frames[0]` already written (a frame is far below 4 GiB:
+    /// the largest message any endpoint takes is 1 GiB).
+    front_offset: u32,
     /// Bytes queued and not yet written.
     queued: u64,
     /// Frames the send in flight covers (0: no send in flight).
-    in_flight: usize,
+    in_flight: u32,
 }
 
 impl OutQueue {
@@ -97,14 +102,18 @@ impl OutQueue {
     /// marks them in flight. The pointers stay valid until [`OutQueue::sent`]
     /// or [`OutQueue::abandon_in_flight`] is called: the frames are kept alive
     /// by this queue until then.
-    pub fn start_send(&mut self, max: usize, out: &mut Vec<(*const u8, usize)>) {
+    pub fn start_send(&mut self, max: usize, out: &mut Vec<IoSlicePtr>) {
         debug_assert!(self.in_flight == 0, "one send in flight at most");
         out.clear();
         for (i, frame) in self.frames.iter().take(max).enumerate() {
-            let skip = if i == 0 { self.front_offset } else { 0 };
+            let skip = if i == 0 {
+                self.front_offset as usize
+            } else {
+                0
+            };
             out.push((frame[skip..].as_ptr(), frame.len() - skip));
         }
-        self.in_flight = out.len();
+        self.in_flight = out.len() as u32;
     }
 
     /// Accounts for a completed send of `n` bytes; returns the number of whole
@@ -118,14 +127,14 @@ impl OutQueue {
                 debug_assert!(false, "sent more than was queued");
                 break;
             };
-            let rest = front.len() - self.front_offset;
+            let rest = front.len() - self.front_offset as usize;
             if n >= rest {
                 n -= rest;
                 self.front_offset = 0;
                 self.frames.pop_front();
                 finished += 1;
             } else {
-                self.front_offset += n;
+                self.front_offset += n as u32;
                 n = 0;
             }
         }
@@ -145,7 +154,7 @@ impl OutQueue {
     /// send in flight); returns the bytes released. Used when a client is cut
     /// for being too slow: its backlog is freed at once.
     pub fn drop_unsent(&mut self) -> u64 {
-        let keep = self.in_flight.max(usize::from(self.front_offset > 0));
+        let keep = (self.in_flight as usize).max(usize::from(self.front_offset > 0));
         let mut released = 0;
         while self.frames.len() > keep {
             if let Some(f) = self.frames.pop_back() {

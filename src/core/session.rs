@@ -3,7 +3,10 @@
 
 use super::*;
 
+use crate::protocol::channel::is_valid_channel_name;
 use crate::protocol::control::{self, ClientMessage, parse_client_message};
+use crate::protocol::reader::{Event, Flow, FrameReader, Violation};
+use fanout::Ack;
 
 /// Invalid control messages tolerated (each answered with an error notice)
 /// before the client is closed with 1008.
@@ -15,7 +18,7 @@ enum Inbound {
     Binary,
 }
 
-impl Shard {
+impl ShardCore {
     pub(super) fn on_frames(&mut self, slot: u32, data: &[u8]) {
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
@@ -248,7 +251,7 @@ impl Shard {
         let Some(state) = self.conns.get_mut(slot).and_then(|c| c.auth.take()) else {
             return;
         };
-        let grant = match authenticator.verify(token) {
+        let grant = match authenticator.verify_at(token, self.unix_now()) {
             Ok(grant) => grant,
             Err(refusal) => {
                 self.stats.add(Counter::AuthFailures, 1);

@@ -2,18 +2,27 @@
 
 use super::*;
 
-impl Shard {
+use crate::protocol::handshake::{
+    HeadError, RequestHead, http_response, parse_request_head_limited, switching_protocols,
+    validate_upgrade,
+};
+use crate::protocol::query::{QueryError, WsQuery, parse_ws_query};
+use conn::HeadState;
+use fanout::Ack;
+
+impl ShardCore {
     // ----- HTTP -----
 
     pub(super) fn on_head_bytes(&mut self, slot: u32, data: &[u8]) {
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
         };
-        let Input::Head(buf) = &mut conn.input else {
+        let Input::Head(state) = &mut conn.input else {
             return;
         };
-        buf.extend_from_slice(data);
-        match parse_request_head_limited(buf, self.config.max_request_header) {
+        let state = state.get_or_insert_with(Box::default);
+        state.buf.extend_from_slice(data);
+        match parse_request_head_limited(&state.buf, self.config.max_request_header) {
             Ok(None) => {}
             Err(e) => {
                 if e == HeadError::TooLarge {
@@ -22,15 +31,16 @@ impl Shard {
                 self.reject(slot, e.response())
             }
             Ok(Some((head, len))) => {
-                let buf = std::mem::take(buf);
-                self.on_request(slot, &head, &buf[len..]);
+                let HeadState { buf, proxy } = *std::mem::take(state);
+                conn.input = Input::Discard;
+                self.on_request(slot, &head, &buf[len..], proxy);
             }
         }
     }
 
-    pub(super) fn on_request(&mut self, slot: u32, head: &RequestHead, rest: &[u8]) {
-        if !self.config.trusted_proxies.is_empty()
-            && let Err(why) = self.admit_behind_proxy(slot, head)
+    fn on_request(&mut self, slot: u32, head: &RequestHead, rest: &[u8], proxy: Option<IpAddr>) {
+        if let Some(proxy) = proxy
+            && let Err(why) = self.admit_behind_proxy(slot, proxy, head)
         {
             return self.refuse_peer(slot, why);
         }
@@ -49,19 +59,26 @@ impl Shard {
                 } else {
                     match path {
                         "/healthz" => {
-                            if self.shared.draining.load(Ordering::Relaxed) {
+                            if self.shared.is_draining() {
                                 http_response(503, "text/plain", b"draining\n", &[])
                             } else {
                                 http_response(200, "text/plain", b"ok\n", &[])
                             }
                         }
-                        "/metrics" => {
-                            // This shard's own figures are published first so
-                            // the page is current for the shard answering.
-                            self.publish_stats();
-                            let body = self.shared.render_metrics();
-                            http_response(200, "text/plain; version=0.0.4", body.as_bytes(), &[])
+                        "/metrics" if head.method == "GET" => {
+                            // Rendered off the shard: a scrape must not stall
+                            // fan-out. The answer comes back in on_response.
+                            if let Some(key) = self.key_of(slot) {
+                                if let Some(conn) = self.conns.get_mut(slot) {
+                                    conn.endpoint = Endpoint::Http;
+                                }
+                                self.actions.push_back(Action::RenderMetrics { key });
+                            }
+                            return;
                         }
+                        // HEAD: the headers only; the length of a page not rendered
+                        // is not known, so none is promised.
+                        "/metrics" => http_response(200, "text/plain; version=0.0.4", b"", &[]),
                         "/" => http_response(200, "text/plain", INDEX_TEXT.as_bytes(), &[]),
                         "/ringcast.js" => http_response(
                             200,
@@ -100,7 +117,7 @@ impl Shard {
             Ok(accept) => accept,
             Err(rejection) => return self.reject(slot, rejection.response()),
         };
-        if self.shared.draining.load(Ordering::Relaxed) {
+        if self.shared.is_draining() {
             let body = b"server is shutting down; connect to another node\n";
             let response = http_response(503, "text/plain", body, &[("Retry-After", "1")]);
             return self.reject(slot, response);
@@ -138,7 +155,7 @@ impl Shard {
             let token = offered
                 .map(|p| &p[TOKEN_PROTOCOL.len()..])
                 .or(query.token.as_deref());
-            match token.map(|t| authenticator.verify(t)) {
+            match token.map(|t| authenticator.verify_at(t, self.unix_now())) {
                 None => auth = Some(AuthState::Pending(query.clone())),
                 Some(Err(refusal)) => {
                     self.stats.add(Counter::AuthFailures, 1);
@@ -219,7 +236,7 @@ impl Shard {
 
     /// The auth state of a verified token, its expiry on the shard clock.
     pub(super) fn granted(&self, grant: crate::auth::Grant) -> AuthState {
-        let expires_at_ms = self.now_ms + grant.seconds_left() * 1000;
+        let expires_at_ms = self.now_ms + grant.seconds_left_at(self.unix_now()) * 1000;
         AuthState::Granted {
             grant,
             expires_at_ms,
@@ -231,23 +248,12 @@ impl Shard {
     fn admit_behind_proxy(
         &mut self,
         slot: u32,
+        peer: IpAddr,
         head: &RequestHead,
     ) -> Result<(), crate::limits::Refused> {
-        let Some(conn) = self.conns.get(slot) else {
-            return Ok(());
-        };
-        if !self.shared.peers.enabled() || conn.peer != crate::limits::UNTRACKED {
-            return Ok(());
-        }
-        let Some(peer) = peer_ip(conn.fd) else {
-            return Ok(());
-        };
-        if !crate::limits::is_trusted(peer, &self.config.trusted_proxies) {
-            return Ok(());
-        }
         let trusted = &self.config.trusted_proxies;
         let client = crate::limits::client_ip(peer, head.forwarded_for.as_deref(), trusted);
-        let admitted = self.shared.peers.admit(client, self.shared.uptime_ms())?;
+        let admitted = self.shared.peers.admit(client, self.now_ms)?;
         if let Some(conn) = self.conns.get_mut(slot) {
             conn.peer = admitted;
         }
@@ -256,6 +262,21 @@ impl Shard {
 
     pub(super) fn reject(&mut self, slot: u32, response: Vec<u8>) {
         self.stats.add(Counter::HandshakesRejected, 1);
+        self.respond_and_close(slot, response);
+    }
+
+    /// 429: the client's address is over a per-IP limit.
+    pub(super) fn refuse_peer(&mut self, slot: u32, why: crate::limits::Refused) {
+        self.stats.add(Counter::RefusedPerIp, 1);
+        let body: &[u8] = match why {
+            crate::limits::Refused::TooManyConnections => {
+                b"too many connections from your address\n"
+            }
+            crate::limits::Refused::TooManyHandshakes => {
+                b"too many new connections from your address; slow down\n"
+            }
+        };
+        let response = http_response(429, "text/plain", body, &[("Retry-After", "2")]);
         self.respond_and_close(slot, response);
     }
 }

@@ -3,6 +3,7 @@
 //! queue's storage is released when it drains), only this struct and its
 //! subscriptions.
 
+use std::net::IpAddr;
 use std::os::fd::RawFd;
 
 use smallvec::SmallVec;
@@ -45,8 +46,9 @@ pub enum Phase {
 /// How incoming bytes are interpreted.
 #[derive(Debug)]
 pub enum Input {
-    /// Accumulating the request head (allocated on first bytes).
-    Head(Vec<u8>),
+    /// Accumulating the request head (allocated on first bytes, or at
+    /// accept for a trusted proxy's connection).
+    Head(Option<Box<HeadState>>),
     /// WebSocket frames. The reader exists only while a frame or message
     /// is half-read: most subscribers never send anything, and a reader
     /// (~100 bytes) per idle connection would be most of its memory.
@@ -55,23 +57,39 @@ pub enum Input {
     Discard,
 }
 
+/// The request head read so far.
+#[derive(Debug, Default)]
+pub struct HeadState {
+    pub buf: Vec<u8>,
+    /// The connection comes from a trusted proxy at this address: the
+    /// per-IP limits apply to the client its `X-Forwarded-For` names.
+    pub proxy: Option<IpAddr>,
+}
+
+impl Input {
+    pub fn head_from_proxy(proxy: IpAddr) -> Input {
+        Input::Head(Some(Box::new(HeadState {
+            buf: Vec::new(),
+            proxy: Some(proxy),
+        })))
+    }
+}
+
 #[derive(Debug)]
 pub struct Conn {
+    /// The driver's name for the socket; never used here.
     pub fd: RawFd,
     pub generation: u32,
     pub phase: Phase,
     pub endpoint: Endpoint,
-    pub recv_armed: bool,
-    /// Queued for a send at the end of this loop iteration.
+    /// On the shard's flush list.
     pub flush_pending: bool,
-    /// The multishot receive ended for lack of buffers and must be re-armed.
-    pub recv_starved: bool,
+    /// The peer closed its side (end of stream).
+    pub read_closed: bool,
     /// A server ping is unanswered (nothing heard since it was sent).
     pub ping_outstanding: bool,
     /// Something arrived from the peer since the last ping.
     pub heard: bool,
-    /// Close abortively (RST) when released.
-    pub abort: bool,
     pub close_reason: Option<CloseReason>,
     /// Current timer deadline (ms, shard clock); 0 = none.
     pub deadline: u64,
@@ -138,15 +156,13 @@ impl Conn {
             generation,
             phase: Phase::Handshake,
             endpoint: Endpoint::Unknown,
-            recv_armed: false,
             flush_pending: false,
-            recv_starved: false,
+            read_closed: false,
             ping_outstanding: false,
             heard: false,
-            abort: false,
             close_reason: None,
             deadline: 0,
-            input: Input::Head(Vec::new()),
+            input: Input::Head(None),
             out: OutQueue::default(),
             subs: SmallVec::new(),
             replay: None,

@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl Shard {
+impl ShardCore {
     // ----- sending -----
 
     pub(super) fn enqueue(&mut self, slot: u32, frame: FrameRef) {
@@ -85,89 +85,99 @@ impl Shard {
             && !conn.flush_pending
         {
             conn.flush_pending = true;
-            self.flush_list.push(slot);
+            self.flush_list.push_back(slot);
         }
-    }
-
-    pub(super) fn flush_all(&mut self) {
-        let list = std::mem::take(&mut self.flush_list);
-        for &slot in &list {
-            self.flush(slot);
-        }
-        self.flush_list = list;
-        self.flush_list.clear();
     }
 
     /// Starts a send of everything queued, unless one is in flight (its
-    /// completion will start the next). With nothing left to send, a closing
+    /// completion schedules the next). With nothing left to send, a closing
     /// connection moves on to shutting down its write side.
-    pub(super) fn flush(&mut self, slot: u32) {
-        let Some(conn) = self.conns.get_mut(slot) else {
-            return;
-        };
+    pub(super) fn flush(&mut self, slot: u32, iov: &mut Vec<IoSlicePtr>) -> Option<Action> {
+        let conn = self.conns.get_mut(slot)?;
         conn.flush_pending = false;
         if conn.phase == Phase::Releasing || conn.out.send_in_flight() {
-            return;
+            return None;
         }
         if !conn.out.is_empty() {
-            conn.out.start_send(MAX_IOVECS_PER_SEND, &mut self.iov);
-            let (fd, generation) = (conn.fd, conn.generation);
-            // SAFETY: the iovecs point into frames held by `conn.out` until
-            // this send completes (`sent`) or is abandoned after its
-            // completion arrives; the connection is not freed while a send
-            // is in flight (see `try_finish`).
-            let r = unsafe { self.driver.send(fd, slot, generation, &self.iov) };
-            if r.is_err() {
-                if let Some(conn) = self.conns.get_mut(slot) {
-                    conn.out.abandon_in_flight();
-                }
-                self.release(slot, true, CloseReason::Error);
-                return;
-            }
-            self.stats.add(Counter::SendCalls, 1);
-            return;
+            conn.out.start_send(MAX_SEND_PIECES, iov);
+            let key = ConnKey {
+                slot,
+                generation: conn.generation,
+            };
+            return Some(Action::Send { key, fd: conn.fd });
         }
         if conn.phase == Phase::Closing {
             self.linger(slot);
         }
+        None
     }
 
-    pub(super) fn on_send(&mut self, c: Completion) {
-        let Some(conn) = self
-            .conns
-            .get_mut(c.slot)
-            .filter(|conn| c.matches_generation(conn.generation))
-        else {
+    /// The send the driver was asked for ended.
+    pub fn on_sent(&mut self, key: ConnKey, result: SendResult) {
+        let Some(slot) = self.live_slot(key) else {
+            return;
+        };
+        let Some(conn) = self.conns.get_mut(slot) else {
             return;
         };
         let releasing = conn.phase == Phase::Releasing;
-        if c.result >= 0 {
-            conn.out.sent(c.result as usize);
-        } else {
-            conn.out.abandon_in_flight();
+        match result {
+            SendResult::Wrote(n) => {
+                conn.out.sent(n);
+            }
+            SendResult::PeerGone | SendResult::Failed => conn.out.abandon_in_flight(),
         }
         // A resuming client gets its next batch of history once its queue
         // has drained well below the batch size.
         let wants_replay =
             conn.replay.is_some() && conn.out.queued_bytes() < self.config.high_water / 16;
-        if c.result > 0 {
-            self.stats.add(Counter::BytesSent, c.result as u64);
-            self.note_unqueued(c.result as u64);
+        self.stats.add(Counter::SendCalls, 1);
+        if let SendResult::Wrote(n) = result
+            && n > 0
+        {
+            self.stats.add(Counter::BytesSent, n as u64);
+            self.note_unqueued(n as u64);
         }
         if releasing {
-            self.try_finish(c.slot);
-        } else if c.result >= 0 {
-            if wants_replay {
-                self.refill(c.slot);
+            return;
+        }
+        match result {
+            SendResult::Wrote(_) => {
+                if wants_replay {
+                    self.refill(slot);
+                }
+                // Whatever was queued during the send leaves now, in one go.
+                self.schedule_flush(slot);
             }
-            // Whatever was queued during the send leaves now, in one go.
-            self.flush(c.slot);
-        } else {
-            tracing::debug!(slot = c.slot, errno = -c.result, "send failed");
-            self.release(c.slot, true, CloseReason::PeerGone);
+            SendResult::PeerGone => self.release(slot, true, CloseReason::PeerGone),
+            SendResult::Failed => {
+                tracing::debug!(slot, "send failed");
+                self.release(slot, true, CloseReason::Error);
+            }
+        }
+    }
+
+    /// The driver cannot write to `key` now (its socket buffer is full): the
+    /// send it was asked for did not start. [`ShardCore::on_writable`] resumes.
+    pub fn send_deferred(&mut self, key: ConnKey) {
+        if let Some(slot) = self.live_slot(key)
+            && let Some(conn) = self.conns.get_mut(slot)
+        {
+            conn.out.abandon_in_flight();
+        }
+    }
+
+    /// The socket of `key` takes bytes again.
+    pub fn on_writable(&mut self, key: ConnKey) {
+        if let Some(slot) = self.live_slot(key) {
+            self.schedule_flush(slot);
         }
     }
 }
+
+/// Most pieces (frames) in one send. Linux allows 1024 iovecs; 256 frames of
+/// even 128 bytes is 32 KiB per syscall, past the point of diminishing returns.
+pub const MAX_SEND_PIECES: usize = 256;
 
 /// A notice as a queueable text frame.
 pub(super) fn text_frame(text: &str) -> FrameRef {

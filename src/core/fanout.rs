@@ -13,9 +13,11 @@
 
 use super::*;
 
-use crate::feed::history::Replay;
-use crate::feed::registry::TooManyChannels;
+use super::history::Replay;
+use super::registry::TooManyChannels;
 use crate::protocol::control;
+use conn::{PENDING, ReplayCursor, Subscription};
+use send::text_frame;
 
 /// Bytes of history copied into a connection's queue per refill.
 const REPLAY_BATCH_BYTES: usize = 256 * 1024;
@@ -37,7 +39,7 @@ pub(super) enum Ack {
     Subscribed,
 }
 
-impl Shard {
+impl ShardCore {
     /// Subscribes to `channels` (each from `since(name)`, or from now), then
     /// queues the acknowledgement with every channel's current seq, a reset
     /// notice for each `since` ahead of its channel, and the first replay
@@ -92,7 +94,10 @@ impl Shard {
         name: &str,
         since: Option<u64>,
     ) -> Result<Subscribed, TooManyChannels> {
-        let channel = self.shared.registry.subscribe(name, self.index)?;
+        let channel = self
+            .shared
+            .registry
+            .subscribe(name, self.index, self.now_ms)?;
         let local = match self.channel_slots.get(&channel.id) {
             Some(&local) => local,
             None => {
@@ -220,7 +225,7 @@ impl Shard {
     /// Fans one channel message out to this shard's subscribers: per
     /// subscriber, a reference-count increment (not atomic), a queue push
     /// and a counter; sends start at the end of the loop iteration.
-    pub(super) fn deliver(&mut self, delivery: Delivery) {
+    pub fn deliver(&mut self, delivery: Delivery) {
         let Some(&local) = self.channel_slots.get(&delivery.channel) else {
             return;
         };
@@ -247,7 +252,7 @@ impl Shard {
             }
             if !conn.flush_pending {
                 conn.flush_pending = true;
-                self.flush_list.push(slot);
+                self.flush_list.push_back(slot);
             }
         }
         let n = ch.subscribers.len() as u64;

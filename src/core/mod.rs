@@ -1,0 +1,683 @@
+//! The shard core: everything a shard decides, and nothing it does.
+//!
+//! One `ShardCore` holds a shard's connections (handshake, WebSocket session,
+//! close handshake), its channels and subscribers, every connection's
+//! out-queue and high-water mark, resume cursors, drain, and the timer wheel
+//! behind heartbeats and deadlines. It is a deterministic state machine: a
+//! driver feeds it events (a connection accepted, bytes received, a send
+//! completed, the peer closed, a delivery from the feed, the time) and carries
+//! out the [`Action`]s it asks for (send these bytes, shut down the write
+//! side, close). It reads no clock (time comes in with [`ShardCore::tick`]),
+//! makes no syscall and knows nothing of io_uring or epoll, so it is tested in
+//! memory with simulated time (`tests.rs`), and the same core runs on either
+//! driver (`crate::driver`).
+//!
+//! A socket is known here only by the number the driver gave it (`fd`), which
+//! the core hands back in actions and never uses itself.
+
+#[doc(hidden)]
+pub mod bench_support;
+mod conn;
+mod fanout;
+pub mod history;
+mod http;
+mod outqueue;
+pub mod registry;
+mod send;
+mod session;
+pub mod shared;
+#[cfg(test)]
+mod tests;
+mod timer;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::os::fd::RawFd;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::metrics::{CloseReason, Counter, Gauge, LocalStats};
+use crate::protocol::frame::{OpCode, encode_close_frame, encode_server_frame};
+
+use conn::{AuthState, Conn, Endpoint, Input, Phase, Slab};
+use outqueue::FrameRef;
+use registry::Channel;
+use shared::Shared;
+use timer::{TimerEntry, TimerWheel};
+
+pub use outqueue::IoSlicePtr;
+pub use send::MAX_SEND_PIECES;
+
+/// The WebSocket and HTTP settings a shard's core applies.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    pub high_water: u64,
+    pub max_message: usize,
+    pub echo_max_message: usize,
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub echo: bool,
+    pub max_subscriptions: usize,
+    /// Messages per second a `/ws` client may send.
+    pub client_rate: u32,
+    /// Connections the whole server accepts (see `Shared::connections`).
+    pub max_connections: usize,
+    /// Connections this shard accepts.
+    pub max_connections_per_shard: usize,
+    /// Peers whose `X-Forwarded-For` is believed (see `limits::client_ip`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Token verification, when authentication is on.
+    pub auth: Option<Arc<crate::auth::Authenticator>>,
+    pub auth_timeout: Duration,
+    /// Lower-case origin patterns; empty: any origin.
+    pub allowed_origins: Vec<String>,
+    pub max_request_header: usize,
+    /// Bytes per second a `/ws` client may send.
+    pub client_bytes_rate: u32,
+}
+
+impl Default for CoreConfig {
+    /// The server's defaults (see `config::ServeConfig`), for tests and benches.
+    fn default() -> Self {
+        CoreConfig {
+            high_water: 4 << 20,
+            max_message: 64 << 10,
+            echo_max_message: 16 << 20,
+            ping_interval: Duration::from_secs(30),
+            ping_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(5),
+            echo: false,
+            max_subscriptions: 100,
+            client_rate: 50,
+            max_connections: usize::MAX,
+            max_connections_per_shard: usize::MAX,
+            trusted_proxies: Vec::new(),
+            auth: None,
+            auth_timeout: Duration::from_secs(10),
+            allowed_origins: Vec::new(),
+            max_request_header: 8192,
+            client_bytes_rate: 65536,
+        }
+    }
+}
+
+/// A channel message for a shard: the frame, encoded once by the feed and
+/// shared (one reference per shard, one atomic increment per shard).
+#[derive(Debug)]
+pub struct Delivery {
+    pub channel: u64,
+    pub seq: u64,
+    pub frame: Bytes,
+}
+
+/// Names one connection: its slot, and the slot's generation (a slot is
+/// reused after its connection is released; an event for the old one is
+/// recognised by its generation and ignored).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    pub slot: u32,
+    pub generation: u32,
+}
+
+/// What the core asks its driver to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Write the bytes [`ShardCore::poll_action`] just described (in order,
+    /// as one operation) to `fd`, then report [`ShardCore::on_sent`]. The
+    /// bytes stay valid, unchanged, until that report.
+    Send { key: ConnKey, fd: RawFd },
+    /// Everything queued was written: shut down the write side of `fd` and
+    /// keep reading until the peer closes.
+    ShutdownWrite { fd: RawFd },
+    /// The connection is over: stop every operation on `fd`, close it (with a
+    /// reset when `abort`), then report [`ShardCore::on_released`]. Until
+    /// then the connection keeps its slot and whatever a send in flight reads.
+    Close {
+        key: ConnKey,
+        fd: RawFd,
+        abort: bool,
+    },
+    /// A `Close` has not been reported done within the grace period: force
+    /// the socket's pending operations to end (shut it down both ways).
+    ForceShutdown { fd: RawFd },
+    /// Render the `/metrics` page off the shard and answer `key` with
+    /// [`ShardCore::on_response`].
+    RenderMetrics { key: ConnKey },
+}
+
+/// How a send ended, as the driver reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendResult {
+    /// `n` bytes were written (possibly fewer than asked).
+    Wrote(usize),
+    /// The peer is gone (reset, broken pipe).
+    PeerGone,
+    /// Any other failure.
+    Failed,
+}
+
+const TICK_MS: u64 = 20;
+const WHEEL_SLOTS: usize = 4096;
+/// Time for a close frame / final response to be written and the peer to
+/// close its side, before the connection is reset.
+const CLOSE_GRACE_MS: u64 = 2000;
+/// Time for a driver to report a `Close` done before it is forced.
+const RELEASE_GRACE_MS: u64 = 5000;
+
+/// A channel as one shard sees it: its local subscribers.
+struct ShardChannel {
+    channel: Arc<Channel>,
+    /// Live subscribers: every new message is queued to each.
+    subscribers: Vec<u32>,
+    /// Connections catching up (resume) or waiting for the shard to reach
+    /// the seq they start at; see `fanout`.
+    pending: Vec<u32>,
+    /// Highest seq fanned out here; anything at or below is skipped.
+    delivered_seq: u64,
+}
+
+/// One shard's state; see the module documentation.
+pub struct ShardCore {
+    index: usize,
+    config: Arc<CoreConfig>,
+    shared: Arc<Shared>,
+    conns: Slab<Conn>,
+    timers: TimerWheel,
+    due: Vec<TimerEntry>,
+    /// Connections with something to send (or a close to finish), in the
+    /// order they became so.
+    flush_list: VecDeque<u32>,
+    actions: VecDeque<Action>,
+    channels: Slab<ShardChannel>,
+    channel_slots: HashMap<u64, u32>,
+    subscriptions: u64,
+    websockets: u64,
+    slow: Vec<u32>,
+    /// The server clock: ms since start, as last given by `tick`.
+    now_ms: u64,
+    stats: LocalStats,
+    ping_frame: FrameRef,
+    stopping: bool,
+}
+
+impl ShardCore {
+    pub fn new(
+        index: usize,
+        config: Arc<CoreConfig>,
+        shared: Arc<Shared>,
+        now_ms: u64,
+    ) -> ShardCore {
+        ShardCore {
+            index,
+            config,
+            shared,
+            conns: Slab::new(),
+            timers: TimerWheel::new(TICK_MS, WHEEL_SLOTS, now_ms),
+            due: Vec::new(),
+            flush_list: VecDeque::new(),
+            actions: VecDeque::new(),
+            channels: Slab::new(),
+            channel_slots: HashMap::new(),
+            subscriptions: 0,
+            websockets: 0,
+            slow: Vec::new(),
+            now_ms,
+            stats: LocalStats::default(),
+            ping_frame: Rc::new(encode_server_frame(OpCode::Ping, b"")),
+            stopping: false,
+        }
+    }
+
+    /// How often the driver should call [`ShardCore::tick`] when idle.
+    pub const TICK: Duration = Duration::from_millis(TICK_MS);
+
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Connections the core holds (including those being released).
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Shut down and every connection released: the driver may exit.
+    pub fn is_finished(&self) -> bool {
+        self.stopping && self.conns.is_empty()
+    }
+
+    /// Shutting down: accept nothing more.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping
+    }
+
+    /// The socket of a live connection.
+    pub fn fd(&self, key: ConnKey) -> Option<RawFd> {
+        self.conn(key).map(|c| c.fd)
+    }
+
+    /// Whether bytes from this connection still matter (false once it is
+    /// being released: the driver may stop reading).
+    pub fn wants_input(&self, key: ConnKey) -> bool {
+        self.conn(key).is_some_and(|c| c.phase != Phase::Releasing)
+    }
+
+    fn conn(&self, key: ConnKey) -> Option<&Conn> {
+        self.conns
+            .get(key.slot)
+            .filter(|c| c.generation == key.generation)
+    }
+
+    /// The key of the connection in `slot`, if one lives there.
+    pub fn key_of(&self, slot: u32) -> Option<ConnKey> {
+        self.conns.get(slot).map(|c| ConnKey {
+            slot,
+            generation: c.generation,
+        })
+    }
+
+    fn live_slot(&self, key: ConnKey) -> Option<u32> {
+        self.conn(key).map(|_| key.slot)
+    }
+
+    // ----- events -----
+
+    /// Advances the clock to `now_ms` and fires every deadline due.
+    pub fn tick(&mut self, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+        self.fire_timers();
+    }
+
+    /// A connection was accepted on `fd` from `peer`. Returns its key; the
+    /// driver starts reading from it. A connection over a limit is answered
+    /// (503, 429) and closed through the usual actions.
+    pub fn on_accepted(&mut self, fd: RawFd, peer: Option<IpAddr>) -> ConnKey {
+        let total = self.shared.connections.fetch_add(1, Ordering::Relaxed) + 1;
+        let over = total > self.config.max_connections
+            || self.conns.len() >= self.config.max_connections_per_shard;
+        let mut peer_slot = crate::limits::UNTRACKED;
+        let mut peer_refused = None;
+        let mut proxy = None;
+        if !over
+            && self.shared.peers.enabled()
+            && let Some(ip) = peer
+        {
+            if crate::limits::is_trusted(ip, &self.config.trusted_proxies) {
+                // Its clients are admitted at their request, once its
+                // X-Forwarded-For has said who they are.
+                proxy = Some(ip);
+            } else {
+                match self.shared.peers.admit(ip, self.now_ms) {
+                    Ok(admitted) => peer_slot = admitted,
+                    Err(why) => peer_refused = Some(why),
+                }
+            }
+        }
+        let (slot, generation) = self.conns.next_key();
+        let mut conn = Conn::new(fd, generation);
+        conn.peer = peer_slot;
+        if let Some(ip) = proxy {
+            conn.input = Input::head_from_proxy(ip);
+        }
+        self.conns.insert(conn);
+        self.stats.add(Counter::ConnectionsAccepted, 1);
+        let key = ConnKey { slot, generation };
+        if over {
+            // Refused politely; the socket is already ours, so say why.
+            self.stats.add(Counter::ConnectionsRefused, 1);
+            let body = b"server at its connection limit; try another node or later\n";
+            let response = crate::protocol::handshake::http_response(
+                503,
+                "text/plain",
+                body,
+                &[("Retry-After", "5")],
+            );
+            self.respond_and_close(slot, response);
+            return key;
+        }
+        if let Some(why) = peer_refused {
+            self.refuse_peer(slot, why);
+            return key;
+        }
+        let deadline = self.now_ms + self.config.handshake_timeout.as_millis() as u64;
+        self.set_deadline(slot, deadline);
+        key
+    }
+
+    /// Bytes arrived on `key`.
+    pub fn on_received(&mut self, key: ConnKey, data: &[u8]) {
+        let Some(slot) = self.live_slot(key) else {
+            return;
+        };
+        if let Some(conn) = self.conns.get_mut(slot) {
+            conn.heard = true;
+        }
+        match self.conns.get(slot).map(|c| c.phase) {
+            Some(Phase::Handshake) => self.on_head_bytes(slot, data),
+            Some(Phase::Open) => self.on_frames(slot, data),
+            // Closing: the peer's remaining bytes (including its close
+            // reply) are read only to let the connection end cleanly.
+            _ => {}
+        }
+    }
+
+    /// The peer closed its side (end of stream): nothing more will be read.
+    pub fn on_read_closed(&mut self, key: ConnKey) {
+        let Some(slot) = self.live_slot(key) else {
+            return;
+        };
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        conn.read_closed = true;
+        match conn.phase {
+            // A final reply is queued or being written (a request followed
+            // at once by a half-close, as `nc -N` sends it): let it finish;
+            // the close completes once it is written.
+            Phase::Closing if !conn.out.is_empty() => {}
+            Phase::Handshake | Phase::Open => self.release(slot, false, CloseReason::PeerGone),
+            _ => {
+                let reason = conn.close_reason.unwrap_or(CloseReason::PeerGone);
+                self.release(slot, false, reason);
+            }
+        }
+    }
+
+    /// Reading or writing `key` failed; `peer_gone` for a reset or broken
+    /// pipe, as opposed to any other error.
+    pub fn on_error(&mut self, key: ConnKey, peer_gone: bool) {
+        let Some(slot) = self.live_slot(key) else {
+            return;
+        };
+        let reason = if peer_gone {
+            CloseReason::PeerGone
+        } else {
+            CloseReason::Error
+        };
+        self.release(slot, true, reason);
+    }
+
+    /// The driver closed the socket of a connection it was asked to close,
+    /// and no operation on it remains: its slot is freed.
+    pub fn on_released(&mut self, key: ConnKey) {
+        if self.live_slot(key).is_none() {
+            return;
+        }
+        let Some(mut conn) = self.conns.remove(key.slot) else {
+            return;
+        };
+        self.shared.connections.fetch_sub(1, Ordering::Relaxed);
+        self.shared.peers.release(conn.peer);
+        if matches!(conn.endpoint, Endpoint::Subscriber | Endpoint::Echo) {
+            self.websockets -= 1;
+        }
+        conn.out.abandon_in_flight();
+        let released = conn.out.clear();
+        self.note_unqueued(released);
+        self.stats
+            .closed(conn.close_reason.unwrap_or(CloseReason::Error));
+    }
+
+    /// The answer to an [`Action::RenderMetrics`] request.
+    pub fn on_response(&mut self, key: ConnKey, response: Vec<u8>) {
+        if let Some(slot) = self.live_slot(key)
+            && self.conns.get(slot).is_some_and(|c| !c.is_closing())
+        {
+            self.respond_and_close(slot, response);
+        }
+    }
+
+    /// Graceful shutdown begins: every WebSocket client gets a 1001 close;
+    /// new upgrades are answered 503 (`Shared::draining`).
+    pub fn drain(&mut self) {
+        let open: Vec<u32> = self
+            .conns
+            .occupied()
+            .filter(|&s| self.conns.get(s).is_some_and(|c| c.phase == Phase::Open))
+            .collect();
+        for slot in open {
+            let frame = encode_close_frame(
+                1001,
+                "server shutting down; reconnect with since= to resume",
+            );
+            self.close_with(slot, Some(frame), CloseReason::Shutdown);
+        }
+    }
+
+    /// Closes every connection at once; the driver stops once they are released.
+    pub fn shutdown(&mut self) {
+        self.stopping = true;
+        let slots: Vec<u32> = self.conns.occupied().collect();
+        for slot in slots {
+            self.release(slot, true, CloseReason::Shutdown);
+        }
+    }
+
+    /// The next thing the driver must do, if any. For [`Action::Send`],
+    /// `iov` holds the bytes to write (pointer, length), in order.
+    pub fn poll_action(&mut self, iov: &mut Vec<IoSlicePtr>) -> Option<Action> {
+        loop {
+            if let Some(action) = self.actions.pop_front() {
+                return Some(action);
+            }
+            let slot = self.flush_list.pop_front()?;
+            if let Some(action) = self.flush(slot, iov) {
+                return Some(action);
+            }
+        }
+    }
+
+    /// Copies this shard's counters where `/metrics` and the watchdog read them.
+    pub fn publish_stats(&mut self) {
+        self.stats
+            .set(Gauge::ConnectionsOpen, self.conns.len() as u64);
+        self.stats.set(Gauge::Subscriptions, self.subscriptions);
+        self.stats.set(Gauge::WebSocketsOpen, self.websockets);
+        self.shared.shard_stats[self.index].publish(&self.stats);
+        self.shared.shard_heartbeat[self.index].store(self.now_ms, Ordering::Relaxed);
+    }
+
+    /// Adds to a counter the driver keeps (e.g. its own send calls).
+    pub fn count(&mut self, counter: Counter, n: u64) {
+        self.stats.add(counter, n);
+    }
+
+    // ----- closing -----
+
+    /// Queues `last` (a close frame or final HTTP response), stops reading
+    /// requests, and shuts the write side once everything is written.
+    fn close_with(&mut self, slot: u32, last: Option<Bytes>, reason: CloseReason) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        if conn.is_closing() {
+            return;
+        }
+        conn.close_reason = Some(reason);
+        conn.phase = Phase::Closing;
+        conn.input = Input::Discard;
+        if let Some(frame) = last {
+            let n = conn.out.push(Rc::new(frame));
+            self.note_queued(slot, n);
+        }
+        self.unsubscribe_all(slot);
+        self.set_deadline(slot, self.now_ms + CLOSE_GRACE_MS);
+        self.schedule_flush(slot);
+    }
+
+    /// Everything queued is written: shut the write side, then wait (within
+    /// the close grace) for the peer to close, so our last bytes are not
+    /// destroyed by a reset.
+    fn linger(&mut self, slot: u32) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        self.actions
+            .push_back(Action::ShutdownWrite { fd: conn.fd });
+        conn.phase = Phase::Lingering;
+        if conn.read_closed {
+            // The peer has closed already: we are done.
+            let reason = conn.close_reason.unwrap_or(CloseReason::Error);
+            self.release(slot, false, reason);
+        }
+        // The deadline set when closing began still stands: the whole close
+        // takes at most CLOSE_GRACE_MS.
+    }
+
+    /// Ends the connection: asks the driver to close it (a reset when
+    /// `abort`), and frees it once the driver says it is done.
+    fn release(&mut self, slot: u32, abort: bool, reason: CloseReason) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        if conn.phase == Phase::Releasing {
+            return;
+        }
+        tracing::debug!(
+            shard = self.index,
+            slot,
+            abort,
+            ?reason,
+            phase = ?conn.phase,
+            "releasing connection"
+        );
+        if conn.close_reason.is_none()
+            || conn.phase == Phase::Handshake
+            || conn.phase == Phase::Open
+        {
+            conn.close_reason = Some(reason);
+        }
+        conn.phase = Phase::Releasing;
+        conn.input = Input::Discard;
+        let key = ConnKey {
+            slot,
+            generation: conn.generation,
+        };
+        self.actions.push_back(Action::Close {
+            key,
+            fd: conn.fd,
+            abort,
+        });
+        self.unsubscribe_all(slot);
+        self.set_deadline(slot, self.now_ms + RELEASE_GRACE_MS);
+    }
+
+    // ----- timers -----
+
+    fn set_deadline(&mut self, slot: u32, deadline: u64) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        // An authenticated connection also wakes when its token expires.
+        let deadline = match conn.auth.as_deref() {
+            Some(AuthState::Granted { expires_at_ms, .. }) if conn.phase == Phase::Open => {
+                deadline.min(*expires_at_ms)
+            }
+            _ => deadline,
+        };
+        conn.deadline = deadline;
+        self.timers.insert(TimerEntry {
+            slot,
+            generation: conn.generation,
+            deadline,
+        });
+    }
+
+    fn fire_timers(&mut self) {
+        let mut due = std::mem::take(&mut self.due);
+        self.timers.expire(self.now_ms, &mut due);
+        for entry in due.drain(..) {
+            let current = self
+                .conns
+                .get(entry.slot)
+                .is_some_and(|c| c.generation == entry.generation && c.deadline == entry.deadline);
+            if current {
+                self.on_timer(entry.slot);
+            }
+        }
+        self.due = due;
+    }
+
+    fn on_timer(&mut self, slot: u32) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        conn.deadline = 0;
+        match conn.phase {
+            Phase::Handshake => self.release(slot, true, CloseReason::HandshakeTimeout),
+            Phase::Open => {
+                let auth_end = match conn.auth.as_deref() {
+                    Some(AuthState::Pending(_)) => Some("authentication required"),
+                    Some(AuthState::Granted { expires_at_ms, .. })
+                        if *expires_at_ms <= self.now_ms =>
+                    {
+                        Some("token expired")
+                    }
+                    _ => None,
+                };
+                match auth_end {
+                    Some(reason) => {
+                        self.stats.add(Counter::AuthFailures, 1);
+                        let frame = encode_close_frame(4001, reason);
+                        self.close_with(slot, Some(frame), CloseReason::AuthRefused);
+                    }
+                    None => self.heartbeat(slot),
+                }
+            }
+            Phase::Closing | Phase::Lingering => {
+                // Grace over. Still Closing: the peer does not read, so what
+                // is queued will never go; reset. Lingering: everything was
+                // written; a slow client is reset to free the kernel's buffer
+                // at once, anyone else gets a normal close.
+                let reason = conn.close_reason.unwrap_or(CloseReason::Error);
+                let abort = conn.phase == Phase::Closing || reason == CloseReason::SlowClient;
+                self.release(slot, abort, reason);
+            }
+            Phase::Releasing => {
+                let fd = conn.fd;
+                self.actions.push_back(Action::ForceShutdown { fd });
+            }
+        }
+    }
+
+    /// Ping every interval; close a client silent for the timeout after a ping.
+    fn heartbeat(&mut self, slot: u32) {
+        let interval = self.config.ping_interval.as_millis() as u64;
+        let timeout = self.config.ping_timeout.as_millis() as u64;
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        // A quiet moment: an idle connection gives back its queue storage.
+        conn.out.release_storage();
+        if conn.ping_outstanding {
+            if !conn.heard {
+                let frame = encode_close_frame(1001, "ping timeout");
+                self.close_with(slot, Some(frame), CloseReason::PingTimeout);
+                return;
+            }
+            // Answered: next ping one interval after the last one.
+            conn.ping_outstanding = false;
+            let next = self.now_ms + interval.saturating_sub(timeout);
+            self.set_deadline(slot, next);
+            return;
+        }
+        conn.ping_outstanding = true;
+        conn.heard = false;
+        let ping = self.ping_frame.clone();
+        self.enqueue(slot, ping);
+        self.set_deadline(slot, self.now_ms + timeout);
+    }
+
+    /// The time in Unix seconds (token expiry is in those).
+    fn unix_now(&self) -> u64 {
+        (self.shared.unix_ms_at_start + self.now_ms) / 1000
+    }
+}

@@ -1,0 +1,63 @@
+//! State every shard (and the control plane) can read: per-shard stats, the
+//! channel registry, the drain flag, the connection count, the per-IP limits.
+//! In memory only: nothing here does I/O or reads a clock.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+
+use crate::limits::PeerLimits;
+use crate::metrics::{self, SharedStats};
+
+use super::registry::Registry;
+
+pub struct Shared {
+    pub shard_stats: Vec<SharedStats>,
+    pub draining: AtomicBool,
+    pub registry: Registry,
+    /// Identifies this run of the server (random, new at each start), so
+    /// clients can tell that their seqs belong to an earlier run.
+    pub epoch: String,
+    /// Connections open on all shards (checked against --max-connections).
+    pub connections: AtomicUsize,
+    /// Per-client-IP limits.
+    pub peers: PeerLimits,
+    /// Per shard, when its event loop last turned (ms on the server clock):
+    /// the systemd watchdog is only fed while every shard is alive.
+    pub shard_heartbeat: Vec<AtomicU64>,
+    /// Wall-clock time (ms since the Unix epoch) at which the server clock
+    /// read 0: token expiry is in Unix seconds, the shards count in
+    /// milliseconds since start.
+    pub unix_ms_at_start: u64,
+}
+
+impl Shared {
+    pub fn new(
+        shards: usize,
+        max_channels: usize,
+        peers: PeerLimits,
+        epoch: String,
+        unix_ms_at_start: u64,
+    ) -> Shared {
+        Shared {
+            shard_stats: (0..shards).map(|_| SharedStats::default()).collect(),
+            draining: AtomicBool::new(false),
+            registry: Registry::new(shards, max_channels),
+            epoch,
+            connections: AtomicUsize::new(0),
+            peers,
+            shard_heartbeat: (0..shards).map(|_| AtomicU64::new(0)).collect(),
+            unix_ms_at_start,
+        }
+    }
+
+    /// WebSocket connections open on all shards.
+    pub fn websockets_open(&self) -> u64 {
+        self.shard_stats
+            .iter()
+            .map(|s| s.snapshot().gauges[metrics::Gauge::WebSocketsOpen as usize])
+            .sum()
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Relaxed)
+    }
+}
