@@ -1,1 +1,691 @@
-//! In-memory tests of the shard core, with simulated time.
+//! The shard core in memory, with simulated time: no sockets, no threads, no
+//! clock. `Sim` plays the driver and the kernel: it carries out the core's
+//! actions, keeps what each connection was sent, and completes sends whole
+//! (or, when told, partly, or not yet).
+
+use std::collections::HashMap;
+
+use super::*;
+use crate::auth::{Authenticator, Claims};
+use crate::limits::PeerLimits;
+use crate::protocol::frame::encode_client_frame;
+
+const UPGRADE: &str = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+
+/// A server frame as a client parses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Frame {
+    opcode: u8,
+    payload: Vec<u8>,
+}
+
+impl Frame {
+    fn text(&self) -> &str {
+        std::str::from_utf8(&self.payload).expect("utf-8 frame")
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.payload).expect("json frame")
+    }
+
+    fn close_reason(&self) -> String {
+        String::from_utf8_lossy(self.payload.get(2..).unwrap_or_default()).into_owned()
+    }
+
+    fn close_code(&self) -> Option<u16> {
+        (self.opcode == 8 && self.payload.len() >= 2)
+            .then(|| u16::from_be_bytes([self.payload[0], self.payload[1]]))
+    }
+}
+
+/// One connection as the simulated kernel sees it.
+#[derive(Default)]
+struct Peer {
+    /// Every byte the server wrote to it.
+    written: Vec<u8>,
+    /// How far the test has read `written` (frames after the HTTP head).
+    read: usize,
+    /// A send the core started and the test has not completed (the bytes
+    /// it covers, copied when it was started).
+    in_flight: Option<Vec<u8>>,
+    /// The pieces of every send, to see coalescing.
+    sends: Vec<usize>,
+    write_shut: bool,
+    closed: Option<bool>,
+}
+
+struct Sim {
+    core: ShardCore,
+    shared: Arc<Shared>,
+    now: u64,
+    iov: Vec<IoSlicePtr>,
+    peers: HashMap<ConnKey, Peer>,
+    by_fd: HashMap<RawFd, ConnKey>,
+    next_fd: RawFd,
+    /// Complete every send at once, whole (a fast reader).
+    auto_complete: bool,
+    metrics_requests: Vec<ConnKey>,
+}
+
+impl Sim {
+    fn new(config: CoreConfig) -> Sim {
+        Sim::with_shared(
+            config,
+            Arc::new(Shared::new(
+                1,
+                1000,
+                PeerLimits::new(0, 0, false),
+                "e1".into(),
+                1_700_000_000_000,
+            )),
+        )
+    }
+
+    fn with_shared(config: CoreConfig, shared: Arc<Shared>) -> Sim {
+        Sim {
+            core: ShardCore::new(0, Arc::new(config), shared.clone(), 0),
+            shared,
+            now: 0,
+            iov: Vec::new(),
+            peers: HashMap::new(),
+            by_fd: HashMap::new(),
+            next_fd: 100,
+            auto_complete: true,
+            metrics_requests: Vec::new(),
+        }
+    }
+
+    /// Carries out every action the core has.
+    fn run(&mut self) {
+        while let Some(action) = self.core.poll_action(&mut self.iov) {
+            match action {
+                Action::Send { key, .. } => {
+                    let bytes: Vec<u8> = self
+                        .iov
+                        .iter()
+                        // SAFETY: the core keeps these frames alive until this
+                        // send is reported, which happens below or later.
+                        .flat_map(|&(p, l)| unsafe { std::slice::from_raw_parts(p, l) })
+                        .copied()
+                        .collect();
+                    let pieces = self.iov.len();
+                    let peer = self.peers.get_mut(&key).expect("send to a known peer");
+                    assert!(peer.in_flight.is_none(), "two sends in flight");
+                    peer.sends.push(pieces);
+                    if self.auto_complete {
+                        peer.written.extend_from_slice(&bytes);
+                        let n = bytes.len();
+                        self.core.on_sent(key, SendResult::Wrote(n));
+                    } else {
+                        peer.in_flight = Some(bytes);
+                    }
+                }
+                Action::ShutdownWrite { fd } => {
+                    let key = self.by_fd[&fd];
+                    self.peers.get_mut(&key).unwrap().write_shut = true;
+                }
+                Action::Close { key, abort, .. } => {
+                    let peer = self.peers.get_mut(&key).unwrap();
+                    assert!(peer.in_flight.is_none(), "closed with a send in flight");
+                    peer.closed = Some(abort);
+                    self.core.on_released(key);
+                }
+                Action::ForceShutdown { .. } => {}
+                Action::RenderMetrics { key } => self.metrics_requests.push(key),
+            }
+        }
+    }
+
+    /// Completes the send in flight on `key` with `n` of its bytes written.
+    fn complete(&mut self, key: ConnKey, n: usize) {
+        let peer = self.peers.get_mut(&key).unwrap();
+        let bytes = peer.in_flight.take().expect("a send in flight");
+        peer.written.extend_from_slice(&bytes[..n]);
+        self.core.on_sent(key, SendResult::Wrote(n));
+        self.run();
+    }
+
+    fn advance(&mut self, ms: u64) {
+        self.now += ms;
+        self.core.tick(self.now);
+        self.run();
+    }
+
+    fn accept(&mut self) -> ConnKey {
+        let fd = self.next_fd;
+        self.next_fd += 1;
+        let key = self
+            .core
+            .on_accepted(fd, Some("192.0.2.1".parse().unwrap()));
+        self.peers.insert(key, Peer::default());
+        self.by_fd.insert(fd, key);
+        self.run();
+        key
+    }
+
+    fn recv(&mut self, key: ConnKey, bytes: &[u8]) {
+        self.core.on_received(key, bytes);
+        self.run();
+    }
+
+    /// Accepts a connection and upgrades it on `path`; returns it with its
+    /// welcome notice read.
+    fn connect(&mut self, path: &str) -> ConnKey {
+        let key = self.accept();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n{UPGRADE}\r\n");
+        self.recv(key, request.as_bytes());
+        let head = self.http_head(key);
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        key
+    }
+
+    /// The HTTP head the server wrote, consumed.
+    fn http_head(&mut self, key: ConnKey) -> String {
+        let peer = self.peers.get_mut(&key).unwrap();
+        let end = peer.written[peer.read..]
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("an HTTP head")
+            + 4;
+        let head = String::from_utf8_lossy(&peer.written[peer.read..peer.read + end]).into_owned();
+        peer.read += end;
+        head
+    }
+
+    /// Everything written after what was read, as text.
+    fn rest_text(&mut self, key: ConnKey) -> String {
+        let peer = self.peers.get_mut(&key).unwrap();
+        let text = String::from_utf8_lossy(&peer.written[peer.read..]).into_owned();
+        peer.read = peer.written.len();
+        text
+    }
+
+    /// The frames written since the last call.
+    fn frames(&mut self, key: ConnKey) -> Vec<Frame> {
+        let peer = self.peers.get_mut(&key).unwrap();
+        let mut out = Vec::new();
+        while let Some((frame, used)) = parse_frame(&peer.written[peer.read..]) {
+            peer.read += used;
+            out.push(frame);
+        }
+        out
+    }
+
+    fn peer(&self, key: ConnKey) -> &Peer {
+        &self.peers[&key]
+    }
+
+    /// Publishes `data` on `channel` as the feed does, delivering it to the
+    /// core when it has subscribers; returns the seq.
+    fn publish(&mut self, channel: &str, data: &str) -> u64 {
+        let ch = self
+            .shared
+            .registry
+            .get_or_create(channel, self.now)
+            .unwrap();
+        let limits = registry::HistoryLimits {
+            count: 100,
+            bytes: 1 << 20,
+        };
+        let (seq, frame, _) = ch.publish(limits, self.now, |seq| message_frame(channel, seq, data));
+        if ch.is_interested(0) {
+            self.core.deliver(Delivery {
+                channel: ch.id,
+                seq,
+                frame,
+            });
+            self.run();
+        }
+        seq
+    }
+}
+
+fn message_frame(channel: &str, seq: u64, data: &str) -> Bytes {
+    let text = format!(r#"{{"channel":"{channel}","seq":{seq},"data":{data}}}"#);
+    encode_server_frame(OpCode::Text, text.as_bytes())
+}
+
+fn parse_frame(buf: &[u8]) -> Option<(Frame, usize)> {
+    if buf.len() < 2 {
+        return None;
+    }
+    let (len, at) = match buf[1] & 0x7f {
+        126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
+        127 if buf.len() >= 10 => (
+            u64::from_be_bytes(buf[2..10].try_into().unwrap()) as usize,
+            10,
+        ),
+        126 | 127 => return None,
+        n => (n as usize, 2),
+    };
+    (buf.len() >= at + len).then(|| {
+        (
+            Frame {
+                opcode: buf[0] & 0x0f,
+                payload: buf[at..at + len].to_vec(),
+            },
+            at + len,
+        )
+    })
+}
+
+fn client_text(text: &str) -> Vec<u8> {
+    encode_client_frame(true, 1, text.as_bytes(), [1, 2, 3, 4])
+}
+
+fn seqs(frames: &[Frame]) -> Vec<u64> {
+    frames
+        .iter()
+        .filter(|f| f.opcode == 1)
+        .map(|f| f.json())
+        .filter_map(|v| v["seq"].as_u64())
+        .collect()
+}
+
+fn config() -> CoreConfig {
+    CoreConfig {
+        ping_interval: Duration::from_secs(30),
+        ping_timeout: Duration::from_secs(10),
+        handshake_timeout: Duration::from_secs(5),
+        ..CoreConfig::default()
+    }
+}
+
+#[test]
+fn handshake_subscribe_and_fan_out() {
+    let mut sim = Sim::new(config());
+    let a = sim.connect("/ws?channels=prices");
+    let b = sim.connect("/ws?channels=prices,news");
+    for key in [a, b] {
+        let welcome = sim.frames(key)[0].json();
+        assert_eq!(welcome["type"], "welcome");
+        assert_eq!(welcome["epoch"], "e1");
+    }
+    sim.publish("prices", r#"{"p":1}"#);
+    sim.publish("news", r#""hello""#);
+    let got_a = sim.frames(a);
+    let got_b = sim.frames(b);
+    assert_eq!(got_a.len(), 1);
+    assert_eq!(
+        got_a[0].text(),
+        r#"{"channel":"prices","seq":1,"data":{"p":1}}"#
+    );
+    assert_eq!(seqs(&got_b), vec![1, 1]);
+    assert_eq!(got_b[1].json()["channel"], "news");
+    assert_eq!(
+        sim.core.stats.counters[Counter::FramesDelivered as usize],
+        3
+    );
+}
+
+#[test]
+fn frames_queued_during_a_send_leave_together() {
+    let mut sim = Sim::new(config());
+    let a = sim.connect("/ws?channels=c");
+    sim.frames(a);
+    sim.auto_complete = false;
+    sim.publish("c", "1");
+    // The first message's send is in flight; three more queue behind it.
+    for n in 2..=4 {
+        sim.publish("c", &n.to_string());
+    }
+    assert_eq!(sim.peer(a).sends.last(), Some(&1));
+    let first = sim.peer(a).in_flight.clone().unwrap().len();
+    sim.complete(a, first);
+    assert_eq!(
+        sim.peer(a).sends.last(),
+        Some(&3),
+        "one send of three frames"
+    );
+    let second = sim.peer(a).in_flight.clone().unwrap().len();
+    sim.complete(a, second);
+    assert_eq!(seqs(&sim.frames(a)), vec![1, 2, 3, 4]);
+}
+
+#[test]
+fn a_partial_send_resumes_at_the_right_byte() {
+    let mut sim = Sim::new(config());
+    let a = sim.connect("/ws?channels=c");
+    sim.frames(a);
+    sim.auto_complete = false;
+    sim.publish("c", r#""abcdefghij""#);
+    sim.publish("c", r#""klmnopqrst""#);
+    let len = sim.peer(a).in_flight.clone().unwrap().len();
+    // The kernel took 7 bytes, then 5, then the rest.
+    sim.complete(a, 7);
+    sim.complete(a, 5);
+    let rest = sim.peer(a).in_flight.clone().unwrap();
+    assert_eq!(
+        rest.len(),
+        len - 12 + message_frame("c", 2, r#""klmnopqrst""#).len()
+    );
+    sim.complete(a, rest.len());
+    let frames = sim.frames(a);
+    assert_eq!(seqs(&frames), vec![1, 2]);
+    assert_eq!(frames[1].json()["data"], "klmnopqrst");
+    assert!(sim.peer(a).in_flight.is_none());
+    assert_eq!(sim.core.stats.gauge(Gauge::QueuedBytes), 0);
+}
+
+#[test]
+fn a_slow_client_gets_4008_then_a_reset_after_the_grace() {
+    let mut sim = Sim::new(CoreConfig {
+        high_water: 4096,
+        ..config()
+    });
+    let slow = sim.connect("/ws?channels=c");
+    let fast = sim.connect("/ws?channels=c");
+    sim.frames(slow);
+    sim.frames(fast);
+    // The slow one's first send never completes; the fast one reads all.
+    sim.auto_complete = false;
+    sim.publish("c", "0");
+    let first = sim.peer(fast).in_flight.clone().unwrap().len();
+    sim.complete(fast, first);
+    let data = format!(r#""{}""#, "x".repeat(500));
+    let mut published = 1;
+    while sim.peer(slow).closed.is_none() && published < 20 {
+        sim.publish("c", &data);
+        published += 1;
+        if let Some(bytes) = sim.peer(fast).in_flight.clone() {
+            sim.complete(fast, bytes.len());
+        }
+        if sim.core.stats.counters[Counter::SlowClientCuts as usize] > 0 {
+            break;
+        }
+    }
+    assert_eq!(sim.core.stats.counters[Counter::SlowClientCuts as usize], 1);
+    assert!(published < 20, "cut after about 4 KiB queued");
+    // Its backlog was dropped; what is still to go is the frame in flight
+    // and the close frame with 4008.
+    assert!(sim.peer(slow).closed.is_none());
+    while let Some(bytes) = sim.peer(slow).in_flight.clone() {
+        sim.complete(slow, bytes.len());
+    }
+    let frames = sim.frames(slow);
+    let close = frames.last().unwrap();
+    assert_eq!(close.close_code(), Some(4008));
+    assert!(close.close_reason().contains("slow consumer"));
+    assert!(sim.peer(slow).write_shut);
+    // The peer never closes: reset after the grace.
+    sim.advance(CLOSE_GRACE_MS - 10);
+    assert!(sim.peer(slow).closed.is_none());
+    sim.advance(20);
+    assert_eq!(sim.peer(slow).closed, Some(true), "reset (abort)");
+    // The fast client lost nothing.
+    sim.auto_complete = true;
+    sim.publish("c", "99");
+    if let Some(bytes) = sim.peer(fast).in_flight.clone() {
+        sim.complete(fast, bytes.len());
+    }
+    let got = seqs(&sim.frames(fast));
+    assert_eq!(got, (1..=got.len() as u64).collect::<Vec<_>>());
+    assert_eq!(*got.last().unwrap(), published as u64 + 1);
+}
+
+#[test]
+fn resume_switches_from_replay_to_live_without_gap_or_duplicate() {
+    let mut sim = Sim::new(CoreConfig {
+        high_water: 4 << 20,
+        ..config()
+    });
+    // A subscriber keeps the channel's history alive; 30 messages go by.
+    let keeper = sim.connect("/ws?channels=c");
+    for n in 1..=30 {
+        sim.publish("c", &n.to_string());
+    }
+    sim.frames(keeper);
+    // A client resumes from 10 while its sends complete only when told:
+    // the replay is in its queue when message 31 arrives.
+    sim.auto_complete = false;
+    let key = sim.accept();
+    let request = format!("GET /ws?channels=c&since=10 HTTP/1.1\r\nHost: x\r\n{UPGRADE}\r\n");
+    sim.recv(key, request.as_bytes());
+    sim.publish("c", "31");
+    while let Some(bytes) = sim.peer(key).in_flight.clone() {
+        sim.complete(key, bytes.len());
+        if sim.peer(key).in_flight.is_none() {
+            break;
+        }
+    }
+    sim.publish("c", "32");
+    while let Some(bytes) = sim.peer(key).in_flight.clone() {
+        sim.complete(key, bytes.len());
+    }
+    sim.http_head(key);
+    let frames = sim.frames(key);
+    assert_eq!(frames[0].json()["type"], "welcome");
+    assert_eq!(frames[0].json()["channels"]["c"], 30);
+    assert_eq!(seqs(&frames), (11..=32).collect::<Vec<_>>());
+    assert_eq!(
+        sim.core.stats.counters[Counter::FramesReplayed as usize],
+        20
+    );
+}
+
+#[test]
+fn heartbeat_pings_and_closes_a_silent_client() {
+    let mut sim = Sim::new(CoreConfig {
+        ping_interval: Duration::from_secs(30),
+        ping_timeout: Duration::from_secs(10),
+        ..config()
+    });
+    let quiet = sim.connect("/ws");
+    let lively = sim.connect("/ws");
+    sim.frames(quiet);
+    sim.frames(lively);
+    sim.advance(29_990);
+    assert!(sim.frames(quiet).is_empty());
+    sim.advance(20);
+    assert_eq!(sim.frames(quiet)[0].opcode, 9, "a ping after the interval");
+    assert_eq!(sim.frames(lively)[0].opcode, 9);
+    sim.recv(lively, &encode_client_frame(true, 10, b"", [9, 9, 9, 9]));
+    // Deadlines fire on the wheel's next tick (20 ms) at the latest.
+    sim.advance(10_000 + TICK_MS);
+    let frames = sim.frames(quiet);
+    assert_eq!(frames[0].close_code(), Some(1001));
+    assert!(frames[0].close_reason().contains("ping timeout"));
+    assert!(
+        sim.frames(lively).is_empty(),
+        "an answered ping closes nothing"
+    );
+    // The next ping comes one interval after the last one.
+    sim.advance(20_000 + TICK_MS);
+    assert_eq!(sim.frames(lively)[0].opcode, 9);
+}
+
+#[test]
+fn a_handshake_that_never_completes_is_reset() {
+    let mut sim = Sim::new(config());
+    let key = sim.accept();
+    sim.recv(key, b"GET /ws HTTP/1.1\r\nHo");
+    sim.advance(4_990);
+    assert!(sim.peer(key).closed.is_none());
+    sim.advance(20);
+    assert_eq!(sim.peer(key).closed, Some(true));
+    assert!(sim.peer(key).written.is_empty());
+    assert_eq!(
+        sim.core.stats.closed[CloseReason::HandshakeTimeout as usize],
+        1
+    );
+}
+
+#[test]
+fn an_expiring_token_closes_4001_unless_refreshed() {
+    let secret = b"0123456789abcdef0123456789abcdef-core".to_vec();
+    let auth = Arc::new(Authenticator::new(std::slice::from_ref(&secret)));
+    let mut sim = Sim::new(CoreConfig {
+        auth: Some(auth),
+        ..config()
+    });
+    // The server clock starts at Unix time 1,700,000,000 (see Sim::new).
+    let token = |exp: u64| {
+        let claims = Claims {
+            exp,
+            nbf: None,
+            channels: vec!["c".into()],
+            sub: None,
+        };
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(&secret),
+        )
+        .unwrap()
+    };
+    let start = 1_700_000_000;
+    let expiring = sim.connect(&format!("/ws?channels=c&token={}", token(start + 60)));
+    let refreshed = sim.connect(&format!("/ws?channels=c&token={}", token(start + 60)));
+    sim.frames(expiring);
+    sim.frames(refreshed);
+    sim.advance(50_000);
+    sim.frames(expiring);
+    sim.frames(refreshed);
+    let refresh = format!(r#"{{"type":"auth","token":"{}"}}"#, token(start + 600));
+    sim.recv(refreshed, &client_text(&refresh));
+    assert_eq!(sim.frames(refreshed)[0].json()["type"], "authenticated");
+    sim.advance(10_000 + TICK_MS);
+    let frames = sim.frames(expiring);
+    assert_eq!(frames.last().unwrap().close_code(), Some(4001));
+    assert!(
+        frames
+            .last()
+            .unwrap()
+            .close_reason()
+            .contains("token expired")
+    );
+    assert!(
+        sim.frames(refreshed).iter().all(|f| f.opcode != 8),
+        "the refreshed one stays"
+    );
+    // Without a token at all: 4001 after the auth timeout.
+    let anonymous = sim.connect("/ws?channels=c");
+    sim.frames(anonymous);
+    sim.advance(10_000 + TICK_MS);
+    assert_eq!(
+        sim.frames(anonymous).last().unwrap().close_code(),
+        Some(4001)
+    );
+}
+
+#[test]
+fn drain_closes_every_websocket_with_1001_and_answers_503() {
+    let mut sim = Sim::new(config());
+    let clients: Vec<ConnKey> = (0..5).map(|_| sim.connect("/ws?channels=c")).collect();
+    for &c in &clients {
+        sim.frames(c);
+    }
+    sim.shared.draining.store(true, Ordering::Relaxed);
+    sim.core.drain();
+    sim.run();
+    for &c in &clients {
+        let frames = sim.frames(c);
+        assert_eq!(frames[0].close_code(), Some(1001));
+        // The client answers the close; the server closes normally.
+        sim.recv(
+            c,
+            &encode_client_frame(true, 8, &1001u16.to_be_bytes(), [1; 4]),
+        );
+        sim.core.on_read_closed(c);
+        sim.run();
+        assert_eq!(sim.peer(c).closed, Some(false));
+    }
+    let late = sim.accept();
+    let request = format!("GET /ws HTTP/1.1\r\nHost: x\r\n{UPGRADE}\r\n");
+    sim.recv(late, request.as_bytes());
+    assert!(sim.http_head(late).starts_with("HTTP/1.1 503"));
+    let health = sim.accept();
+    sim.recv(health, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(sim.http_head(health).starts_with("HTTP/1.1 503"));
+    assert_eq!(sim.core.websockets, 0);
+}
+
+#[test]
+fn a_request_followed_at_once_by_a_half_close_is_answered() {
+    let mut sim = Sim::new(config());
+    let key = sim.accept();
+    sim.auto_complete = false;
+    // The request and the end of stream arrive in the same turn, before
+    // the driver has started the reply's send.
+    sim.core
+        .on_received(key, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    sim.core.on_read_closed(key);
+    sim.run();
+    let bytes = sim.peer(key).in_flight.clone().expect("the reply is sent");
+    sim.complete(key, bytes.len());
+    assert!(sim.rest_text(key).starts_with("HTTP/1.1 200"));
+    assert_eq!(sim.peer(key).closed, Some(false), "then a normal close");
+}
+
+#[test]
+fn metrics_are_rendered_off_the_core_and_answered_when_they_come() {
+    let mut sim = Sim::new(config());
+    let key = sim.accept();
+    sim.recv(key, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(sim.metrics_requests, vec![key]);
+    assert!(sim.peer(key).written.is_empty(), "nothing rendered here");
+    let response = crate::protocol::handshake::http_response(200, "text/plain", b"m 1\n", &[]);
+    sim.core.on_response(key, response);
+    sim.run();
+    assert!(sim.rest_text(key).ends_with("m 1\n"));
+    // An answer for a connection that went away is dropped.
+    let gone = sim.accept();
+    sim.recv(gone, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    sim.core.on_read_closed(gone);
+    sim.run();
+    sim.core.on_response(gone, b"late".to_vec());
+    sim.run();
+    assert!(sim.peer(gone).written.is_empty());
+}
+
+#[test]
+fn connections_over_the_limit_are_answered_503_and_counted() {
+    let mut sim = Sim::new(CoreConfig {
+        max_connections: 2,
+        ..config()
+    });
+    let _a = sim.connect("/ws");
+    let _b = sim.connect("/ws");
+    let c = sim.accept();
+    assert!(sim.http_head(c).starts_with("HTTP/1.1 503"));
+    assert_eq!(
+        sim.core.stats.counters[Counter::ConnectionsRefused as usize],
+        1
+    );
+    sim.core.on_read_closed(c);
+    sim.run();
+    assert_eq!(sim.shared.connections.load(Ordering::Relaxed), 2);
+}
+
+#[test]
+fn pipelined_frames_behind_the_upgrade_are_read() {
+    let mut sim = Sim::new(config());
+    let key = sim.accept();
+    let mut bytes = format!("GET /ws?channels= HTTP/1.1\r\nHost: x\r\n{UPGRADE}\r\n").into_bytes();
+    bytes.extend(client_text(r#"{"type":"subscribe","channels":["late"]}"#));
+    bytes.extend(client_text(r#"{"type":"ping"}"#));
+    sim.recv(key, &bytes);
+    sim.http_head(key);
+    let frames = sim.frames(key);
+    let types: Vec<_> = frames.iter().map(|f| f.json()["type"].clone()).collect();
+    assert_eq!(types, vec!["welcome", "subscribed", "pong"]);
+    sim.publish("late", "1");
+    assert_eq!(seqs(&sim.frames(key)), vec![1]);
+}
+
+#[test]
+fn a_frame_split_anywhere_is_read_the_same() {
+    let message = client_text(r#"{"type":"ping"}"#);
+    for split in 1..message.len() {
+        let mut sim = Sim::new(config());
+        let key = sim.connect("/ws");
+        sim.frames(key);
+        sim.recv(key, &message[..split]);
+        sim.recv(key, &message[split..]);
+        assert_eq!(
+            sim.frames(key)[0].json()["type"],
+            "pong",
+            "split at {split}"
+        );
+    }
+}
