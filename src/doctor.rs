@@ -235,7 +235,7 @@ fn io_driver_check() -> Check {
                 name: "io driver",
                 verdict: Verdict::Warn,
                 detail: format!(
-                    "auto -> {} ({why}); everything works on epoll, io_uring is faster at low rates",
+                    "auto -> {} ({why}); everything works on epoll",
                     driver.label()
                 ),
                 fix,

@@ -76,6 +76,18 @@ impl Server {
         Server::launch(cmd, args)
     }
 
+    /// As [`Server::start`], in a process where a seccomp filter refuses
+    /// the given io_uring system calls with EPERM (as container runtimes do).
+    pub fn start_refusing(refused: &[IoUringCall], args: &[&str]) -> Server {
+        let mut cmd = Command::new(BIN);
+        refuse_io_uring(&mut cmd, refused);
+        cmd.arg("serve");
+        if !args.contains(&"--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        Server::launch(cmd, args)
+    }
+
     /// Runs `cmd` (ringcast serve, its arguments up to `args`), feeds off
     /// unless `args` set them, and waits for its start-up line.
     fn launch(mut cmd: Command, args: &[&str]) -> Server {
@@ -248,6 +260,21 @@ impl Drop for Server {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+pub mod seccomp;
+pub use seccomp::IoUringCall;
+
+/// Makes the child that `cmd` starts refuse `refused` with EPERM, as
+/// Docker's default seccomp profile does, without touching the host.
+pub fn refuse_io_uring(cmd: &mut Command, refused: &[IoUringCall]) {
+    use std::os::unix::process::CommandExt;
+    let filter = seccomp::Filter::refusing(refused);
+    // SAFETY (test): between fork and exec only prctl runs (async-signal
+    // safe), on a filter built before the fork and kept alive by the closure.
+    unsafe {
+        cmd.pre_exec(move || filter.install());
     }
 }
 
