@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
-# Runs the same fan-out scenarios against ringcast and the two baselines
+# Runs the same fan-out scenarios against ringcast (on its io_uring driver,
+# and as ringcast-epoll on its epoll driver) and the two baselines
 # (examples/tokio_broadcast.rs, examples/floor.rs), each server pinned to
 # one CPU and the load generator (`ringcast bench`) to another, and prints a
-# table with the figures and their ratios. Results: target/compare/*.json.
+# table with the figures and their ratios. CPU per delivery is given twice:
+# the server process's own time, and the whole busy time of its CPU (kernel
+# work there included: softirq, kernel threads). Results: target/compare/*.json.
 #
-#   benches/compare.sh                 # everything (~25 minutes on 2 cores)
-#   SERVERS="ringcast floor" SCENARIOS="low s3" benches/compare.sh
+#   benches/compare.sh                 # everything (~30 minutes on 2 cores)
+#   SERVERS="ringcast ringcast-epoll" SCENARIOS="low s3" benches/compare.sh
 #
 # Environment: SERVER_CPU (0), BENCH_CPU (1), CONNS (10000), STEP (10s),
 # S1_RATES, S1_P99 (1s; see the README on why not 50ms at 10,000 clients).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-SERVERS=${SERVERS:-"floor ringcast tokio"}
+SERVERS=${SERVERS:-"floor ringcast ringcast-epoll tokio"}
 SCENARIOS=${SCENARIOS:-"low s1 half s2 s3 s4"}
 SERVER_CPU=${SERVER_CPU:-0}
 BENCH_CPU=${BENCH_CPU:-1}
@@ -33,7 +36,8 @@ BIN=target/release
 start_server() {
   local name=$1 cmd
   case $name in
-    ringcast) cmd=($BIN/ringcast serve --unix off --shards 1 $RINGCAST_ARGS) ;;
+    ringcast) cmd=($BIN/ringcast serve --unix off --shards 1 --io io-uring $RINGCAST_ARGS) ;;
+    ringcast-epoll) cmd=($BIN/ringcast serve --unix off --shards 1 --io epoll $RINGCAST_ARGS) ;;
     tokio) cmd=($BIN/examples/tokio_broadcast) ;;
     floor) cmd=($BIN/examples/floor) ;;
   esac
@@ -64,7 +68,7 @@ bench() {
   echo "== $name $scenario: $*" >&2
   taskset -c "$BENCH_CPU" $BIN/ringcast bench \
     --url "ws://127.0.0.1:$PORT/ws?channels=bench" --feed udp:127.0.0.1:$UDP \
-    --server-pid "$SERVER_PID" --json "$@" 2> "$OUT/$name-$scenario.log" \
+    --server-pid "$SERVER_PID" --server-cpu "$SERVER_CPU" --json "$@" 2> "$OUT/$name-$scenario.log" \
     | tail -n 1 > "$OUT/$name-$scenario.json" || true
   grep -E '^rate|RSS' "$OUT/$name-$scenario.log" >&2 || true
   stop_server

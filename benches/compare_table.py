@@ -56,12 +56,19 @@ def get(d, *keys):
 
 low = [step(s, "low") for s in servers]
 row("low rate: server ns per delivery", [get(x, "server_cpu_ns_per_delivery") for x in low])
+row("low rate: its CPU's busy ns per delivery", [get(x, "server_core_busy_ns_per_delivery") for x in low])
+row("low rate: of which softirq", [get(x, "server_core_softirq_ns_per_delivery") for x in low])
 row("low rate: p99 latency (us)", [get(x, "latency_us", "p99") for x in low])
+# The two drivers against each other, side by side.
+if "ringcast" in servers and "ringcast-epoll" in servers:
+    row("epoll vs io_uring: low-rate ns per delivery", [get(x, "server_cpu_ns_per_delivery") for x in low], ratio_to="ringcast")
+    row("epoll vs io_uring: low-rate core busy ns", [get(x, "server_core_busy_ns_per_delivery") for x in low], ratio_to="ringcast")
 s1 = [step(s, "s1", "max") for s in servers]
 row("S1 max sustained deliveries/s", [get(x, "deliveries_per_sec") for x in s1], ratio_to="tokio", lower_is_better=False)
 row("S1 ns per delivery at that rate", [get(x, "server_cpu_ns_per_delivery") for x in s1])
 half = [step(s, "half") for s in servers]
 row("half of ringcast's max: p99 (us)", [get(x, "latency_us", "p99") for x in half])
+row("half: server ns per delivery", [get(x, "server_cpu_ns_per_delivery") for x in half])
 row("half: delivery ratio (%)", [(get(x, "ratio") or 0) * 100 if x else None for x in half])
 s2 = [step(s, "s2") for s in servers]
 row("S2 (+100 slow): fast-client ratio (%)", [(get(x, "ratio") or 0) * 100 if x else None for x in s2])

@@ -1,110 +1,297 @@
 //! `serve` settings: embedded defaults, then the TOML file (`--config`), then
 //! flags. Both sources go through one parser per key, so a bad value gives the
 //! same clear error whether it came from a flag or the file.
+//!
+//! Every setting is declared once, in the `settings!` table below: its field,
+//! default, key (the TOML key, and the flag with `--`), help text and parser.
+//! The struct, its defaults, the key list, the parser dispatch and the
+//! command-line flags (`cli::ServeArgs`) all come from that table, so a new
+//! setting is one entry here plus the code that uses it (and its line in the
+//! example config and the README, which tests check).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Everything `serve` can be told. Each default is chosen for a single box
-/// serving many browsers; the comment says why.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ServeConfig {
+use crate::driver::probe::IoChoice;
+
+/// One setting, as the command line and the docs see it.
+#[derive(Debug, Clone, Copy)]
+pub struct Setting {
+    /// The TOML key; `--key` on the command line.
+    pub key: &'static str,
+    /// What the value is (`BYTES`, `DURATION`…); `BOOL` for switches, which
+    /// may be given as a bare `--key`.
+    pub value_name: &'static str,
+    pub help: &'static str,
+    /// The default, as the help shows it.
+    pub default: &'static str,
+}
+
+impl Setting {
+    pub fn is_switch(&self) -> bool {
+        self.value_name == "BOOL"
+    }
+}
+
+macro_rules! settings {
+    ($(
+        $(#[doc = $doc:literal])*
+        $field:ident: $ty:ty = $default:expr;
+        $key:literal, $value_name:literal, $shown:literal, $help:literal,
+        $parse:expr;
+    )*) => {
+        /// Everything `serve` can be told. Each default is chosen for a single
+        /// box serving many browsers; the comment says why.
+        #[derive(Debug, Clone, PartialEq)]
+        pub struct ServeConfig {
+            $( $(#[doc = $doc])* pub $field: $ty, )*
+        }
+
+        impl Default for ServeConfig {
+            fn default() -> Self {
+                ServeConfig { $( $field: $default, )* }
+            }
+        }
+
+        /// Every setting, in the order the help lists them.
+        pub const SETTINGS: &[Setting] = &[
+            $( Setting { key: $key, value_name: $value_name, help: $help, default: $shown }, )*
+        ];
+
+        /// Every key, as written in the TOML file and (with `--`) on the command line.
+        pub const KEYS: &[&str] = &[ $( $key, )* ];
+
+        impl ServeConfig {
+            /// Sets one key from its text form. The error says what is accepted.
+            pub fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
+                $(
+                    if key == $key {
+                        let parse: fn(&str) -> Result<$ty, String> = $parse;
+                        self.$field = parse(value)?;
+                        return Ok(());
+                    }
+                )*
+                Err(format!("unknown setting '{key}' (known: {})", KEYS.join(", ")))
+            }
+        }
+    };
+}
+
+settings! {
     /// WebSocket + HTTP listener. Loopback by default: exposing a server is a
     /// decision the operator makes explicitly (usually behind nginx or an LB).
-    pub listen: SocketAddr,
+    listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 8080));
+    "listen", "ADDR", "127.0.0.1:8080", "WebSocket + HTTP listener",
+    parse_addr;
+
     /// UDP feed (one datagram = one message); `None` when `off`.
-    pub udp: Option<SocketAddr>,
+    udp: Option<SocketAddr> = Some(SocketAddr::from(([127, 0, 0, 1], 9000)));
+    "udp", "ADDR", "127.0.0.1:9000", "UDP feed socket, or `off`",
+    |v| parse_off(v).map(parse_addr).transpose();
+
     /// Unix stream feed (one message per line); `None` when `off`.
-    pub unix: Option<PathBuf>,
+    unix: Option<PathBuf> = Some(PathBuf::from("./ringcast.sock"));
+    "unix", "PATH", "./ringcast.sock", "Unix stream feed socket, or `off`",
+    |v| match parse_off(v) {
+        Some("") => Err("expected a path or 'off'".into()),
+        other => Ok(other.map(PathBuf::from)),
+    };
+
     /// Shards (threads, one per CPU); `None` = every CPU the process may use.
-    pub shards: Option<usize>,
+    shards: Option<usize> = None;
+    "shards", "N", "CPUs allowed to the process", "Shards (threads, each pinned to a CPU)",
+    |v| parse_count(v, 1, 1024).map(Some);
+
     /// Per-connection queued-bytes limit: 4 MiB holds ~30k typical 128-byte
     /// messages, ample for a burst, small enough that 100 stuck clients cost
     /// at most 400 MiB before they are cut.
-    pub high_water: u64,
+    high_water: u64 = 4 * 1024 * 1024;
+    "high-water", "BYTES", "4MiB", "Per-connection queued-bytes limit; above it the client is disconnected (4008)",
+    |v| parse_size(v, 1024, 1 << 40);
+
     /// Largest message a client may send on `/ws` (control messages are tiny;
     /// 64 KiB leaves room and bounds what a client can make us buffer).
-    pub max_message: usize,
+    max_message: usize = 64 * 1024;
+    "max-message", "BYTES", "64KiB", "Largest message a /ws client may send",
+    |v| parse_size(v, 125, 1 << 30).map(|n| n as usize);
+
     /// Largest message a client may send on `/echo` (conformance suites send 16 MiB).
-    pub echo_max_message: usize,
+    echo_max_message: usize = 16 * 1024 * 1024;
+    "echo-max-message", "BYTES", "16MiB", "Largest message on /echo",
+    |v| parse_size(v, 125, 1 << 30).map(|n| n as usize);
+
     /// Largest feed message (a UDP datagram or a Unix line).
-    pub max_feed_message: usize,
+    max_feed_message: usize = 1024 * 1024;
+    "max-feed-message", "BYTES", "1MiB", "Largest feed message (UDP datagram or Unix line)",
+    |v| parse_size(v, 64, 64 << 20).map(|n| n as usize);
+
     /// Server ping period: 30 s keeps NAT and proxy idle timers (often 60 s) open.
-    pub ping_interval: Duration,
+    ping_interval: Duration = Duration::from_secs(30);
+    "ping-interval", "DURATION", "30s", "Server ping period",
+    parse_duration;
+
     /// How long a pinged client may stay silent before it is closed.
-    pub ping_timeout: Duration,
+    ping_timeout: Duration = Duration::from_secs(10);
+    "ping-timeout", "DURATION", "10s", "Close a client silent this long after a ping",
+    parse_duration;
+
     /// A handshake not completed within this is dropped (slowloris).
-    pub handshake_timeout: Duration,
+    handshake_timeout: Duration = Duration::from_secs(5);
+    "handshake-timeout", "DURATION", "5s", "Drop connections that have not completed the handshake by then",
+    parse_duration;
+
     /// Serve `/echo` (conformance testing); off in production.
-    pub echo: bool,
-    /// Provided receive buffers per shard and their size. Shared by all the
+    echo: bool = false;
+    "echo", "BOOL", "false", "Serve /echo, which echoes every message (for conformance suites)",
+    parse_bool;
+
+    /// Provided receive buffers per shard (io_uring driver). Shared by all the
     /// shard's connections: idle sockets hold no buffer.
-    pub recv_buffers: u16,
-    pub recv_buffer_size: u32,
+    recv_buffers: u16 = 1024;
+    "recv-buffers", "N", "1024", "Receive buffers per shard (io_uring driver), a power of two",
+    |v| match parse_count(v, 16, 32768)? {
+        n if n.is_power_of_two() => Ok(n as u16),
+        _ => Err("must be a power of two between 16 and 32768".into()),
+    };
+
+    /// Size of each receive buffer.
+    recv_buffer_size: u32 = 4096;
+    "recv-buffer-size", "BYTES", "4KiB", "Size of each receive buffer (io_uring driver)",
+    |v| parse_size(v, 512, 1 << 20).map(|n| n as u32);
+
     /// Channels one connection may subscribe to.
-    pub max_subscriptions: usize,
+    max_subscriptions: usize = 100;
+    "max-subscriptions", "N", "100", "Channels one connection may subscribe to",
+    |v| parse_count(v, 1, 100_000);
+
     /// Channels the server keeps track of; bounds the channel table whatever
     /// publishers and clients ask for.
-    pub max_channels: usize,
+    max_channels: usize = 100_000;
+    "max-channels", "N", "100000", "Channels the server tracks in all",
+    |v| parse_count(v, 1, 100_000_000);
+
     /// Messages kept per channel for `since=` resume (0 disables history).
     /// 1,000 covers a reconnect after a deploy at typical rates.
-    pub history: usize,
+    history: usize = 1000;
+    "history", "N", "1000", "Messages kept per channel for `since=` resume; 0 disables",
+    |v| parse_count(v, 0, 10_000_000);
+
     /// Bytes kept per channel (whichever bound is hit first).
-    pub history_bytes: u64,
+    history_bytes: u64 = 16 * 1024 * 1024;
+    "history-bytes", "BYTES", "16MiB", "Bytes kept per channel for resume",
+    |v| parse_size(v, 0, 1 << 40);
+
     /// Bytes kept across all channels: the server-wide bound.
-    pub history_total: u64,
+    history_total: u64 = 512 * 1024 * 1024;
+    "history-total", "BYTES", "512MiB", "Bytes of history kept across all channels",
+    |v| parse_size(v, 0, 1 << 44);
+
     /// Channels with no subscriber and no message for this long are dropped
     /// (their seq starts again at 1 if they come back).
-    pub channel_ttl: Duration,
+    channel_ttl: Duration = Duration::from_secs(3600);
+    "channel-ttl", "DURATION", "1h", "Drop channels idle (no subscriber, no message) this long",
+    parse_duration;
+
     /// Messages per second a `/ws` client may send (burst: twice that).
     /// Clients only send control messages; 50/s is far above honest use.
-    pub client_rate: u32,
+    client_rate: u32 = 50;
+    "client-rate", "N", "50", "Messages per second a /ws client may send before it is closed (1008)",
+    |v| parse_count(v, 1, 1_000_000).map(|n| n as u32);
+
     /// Connections the server accepts in all; `None` = as many as the
     /// open-files limit allows. Past it, new connections get a 503.
-    pub max_connections: Option<usize>,
+    max_connections: Option<usize> = None;
+    "max-connections", "N", "what the open-files limit allows", "Connections accepted in all; past it, 503",
+    |v| parse_count(v, 1, 100_000_000).map(Some);
+
     /// Connections one shard accepts; `None` = no per-shard limit.
-    pub max_connections_per_shard: Option<usize>,
+    max_connections_per_shard: Option<usize> = None;
+    "max-connections-per-shard", "N", "no per-shard limit", "Connections one shard accepts",
+    |v| parse_count(v, 1, 100_000_000).map(Some);
+
     /// On SIGTERM, how long clients get to go after their 1001 before the
     /// rest is cut. 10 s covers a close handshake on a slow mobile link.
-    pub drain_timeout: Duration,
+    drain_timeout: Duration = Duration::from_secs(10);
+    "drain-timeout", "DURATION", "10s", "On SIGTERM, how long clients get to leave after their 1001",
+    parse_duration;
+
     /// Kernel send buffer per client socket (`SO_SNDBUF`); `None` leaves
     /// it to the kernel's autotuning (up to `net.ipv4.tcp_wmem`'s max, 4 MiB
     /// by default). A stuck client holds up to this in kernel memory before
     /// ringcast's own queue (`high-water`) starts to fill.
-    pub send_buffer: Option<u64>,
+    send_buffer: Option<u64> = None;
+    "send-buffer", "BYTES", "off", "Kernel send buffer per client socket, or `off` for the kernel's autotuning",
+    |v| parse_off(v).map(|v| parse_size(v, 4096, 1 << 30)).transpose();
+
     /// Require a signed token (see `auth`): the file holding the secret(s).
     /// Off by default.
-    pub auth_secret_file: Option<PathBuf>,
+    auth_secret_file: Option<PathBuf> = None;
+    "auth-secret-file", "FILE", "off", "Require signed tokens; the file holds the secret(s), one per line",
+    |v| Ok(parse_off(v).map(PathBuf::from));
+
     /// With auth on, a client that connected without a token has this long
     /// to send `{"type":"auth","token":…}` before it is closed (4001).
-    pub auth_timeout: Duration,
+    auth_timeout: Duration = Duration::from_secs(10);
+    "auth-timeout", "DURATION", "10s", "Time a client without a token has to send an auth message",
+    parse_duration;
+
     /// Origins a browser may connect from (`https://app.example.com`,
     /// `https://*.example.com`); empty: any. Requests without an Origin
     /// header (non-browser clients) are not affected.
-    pub allowed_origins: Vec<String>,
+    allowed_origins: Vec<String> = Vec::new();
+    "allowed-origins", "ORIGINS", "any", "Origins browsers may connect from, comma-separated; `*.` wildcards",
+    |v| parse_list(v, "*", |o| parse_origin_pattern(o).map(|()| o.to_ascii_lowercase()));
+
     /// Connections one client IP may hold (0: no limit). Generous, for
     /// offices and carrier NAT sharing an address.
-    pub max_connections_per_ip: usize,
+    max_connections_per_ip: usize = 1000;
+    "max-connections-per-ip", "N", "1000", "Connections one client IP may hold; 0 = no limit",
+    |v| parse_count(v, 0, 100_000_000);
+
     /// New connections per second one client IP may open (bursts of twice
     /// that; 0: no limit): reconnect storms pass, floods do not.
-    pub handshake_rate_per_ip: u32,
+    handshake_rate_per_ip: u32 = 100;
+    "handshake-rate-per-ip", "N", "100", "New connections per second per client IP (bursts of 2x); 0 = no limit",
+    |v| parse_count(v, 0, 1_000_000).map(|n| n as u32);
+
     /// Apply the per-IP limits to loopback peers too. Off by default: on
     /// loopback the peer is usually a local proxy (nginx) carrying everyone.
-    pub limit_loopback: bool,
+    limit_loopback: bool = false;
+    "limit-loopback", "BOOL", "false", "Apply per-IP limits to loopback peers too (off: a local proxy carries everyone)",
+    parse_bool;
+
     /// Proxies whose `X-Forwarded-For` names the real client: the per-IP
     /// limits then apply to that client, not to the proxy.
-    pub trusted_proxies: Vec<ipnet::IpNet>,
+    trusted_proxies: Vec<ipnet::IpNet> = Vec::new();
+    "trusted-proxies", "NETWORKS", "none", "Proxies (addresses or networks, comma-separated) whose X-Forwarded-For names the client for the per-IP limits",
+    |v| parse_list(v, "off", parse_network);
+
     /// Largest HTTP request head (request line + headers); larger gets 431.
-    pub max_request_header: usize,
+    max_request_header: usize = 8 * 1024;
+    "max-request-header", "BYTES", "8KiB", "Largest HTTP request head; larger gets 431",
+    |v| parse_size(v, 1024, 64 * 1024).map(|n| n as usize);
+
     /// Bytes per second a `/ws` client may send (bursts of twice that, or of
     /// two maximal messages); above it, close 1008.
-    pub client_bytes_rate: u64,
+    client_bytes_rate: u64 = 64 * 1024;
+    "client-bytes-rate", "BYTES", "64KiB", "Bytes per second a /ws client may send before it is closed (1008)",
+    |v| parse_size(v, 1024, 1 << 30);
+
     /// Log output format.
-    pub log_format: LogFormat,
+    log_format: LogFormat = LogFormat::Text;
+    "log-format", "FORMAT", "text", "Log format: text or json",
+    |v| match v {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        _ => Err("expected 'text' or 'json'".into()),
+    };
+
     /// The shards' I/O driver: io_uring where it works end to end, epoll
     /// elsewhere (`auto`), or one of them by name.
-    pub io: crate::driver::probe::IoChoice,
+    io: IoChoice = IoChoice::Auto;
+    "io", "DRIVER", "auto", "I/O driver: auto (io_uring where it works, else epoll), io-uring, or epoll",
+    IoChoice::parse;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,89 +299,6 @@ pub enum LogFormat {
     Text,
     Json,
 }
-
-impl Default for ServeConfig {
-    fn default() -> Self {
-        ServeConfig {
-            listen: "127.0.0.1:8080".parse().expect("valid literal"),
-            udp: Some("127.0.0.1:9000".parse().expect("valid literal")),
-            unix: Some(PathBuf::from("./ringcast.sock")),
-            shards: None,
-            high_water: 4 * 1024 * 1024,
-            max_message: 64 * 1024,
-            echo_max_message: 16 * 1024 * 1024,
-            max_feed_message: 1024 * 1024,
-            ping_interval: Duration::from_secs(30),
-            ping_timeout: Duration::from_secs(10),
-            handshake_timeout: Duration::from_secs(5),
-            echo: false,
-            recv_buffers: 1024,
-            recv_buffer_size: 4096,
-            max_subscriptions: 100,
-            max_channels: 100_000,
-            history: 1000,
-            history_bytes: 16 * 1024 * 1024,
-            history_total: 512 * 1024 * 1024,
-            channel_ttl: Duration::from_secs(3600),
-            client_rate: 50,
-            max_connections: None,
-            max_connections_per_shard: None,
-            drain_timeout: Duration::from_secs(10),
-            send_buffer: None,
-            auth_secret_file: None,
-            auth_timeout: Duration::from_secs(10),
-            allowed_origins: Vec::new(),
-            max_connections_per_ip: 1000,
-            handshake_rate_per_ip: 100,
-            limit_loopback: false,
-            trusted_proxies: Vec::new(),
-            max_request_header: 8 * 1024,
-            client_bytes_rate: 64 * 1024,
-            log_format: LogFormat::Text,
-            io: crate::driver::probe::IoChoice::Auto,
-        }
-    }
-}
-
-/// Every key, as written in the TOML file and (with `--`) on the command line.
-pub const KEYS: &[&str] = &[
-    "listen",
-    "udp",
-    "unix",
-    "shards",
-    "high-water",
-    "max-message",
-    "echo-max-message",
-    "max-feed-message",
-    "ping-interval",
-    "ping-timeout",
-    "handshake-timeout",
-    "echo",
-    "recv-buffers",
-    "recv-buffer-size",
-    "max-subscriptions",
-    "max-channels",
-    "history",
-    "history-bytes",
-    "history-total",
-    "channel-ttl",
-    "client-rate",
-    "max-connections",
-    "max-connections-per-shard",
-    "drain-timeout",
-    "send-buffer",
-    "auth-secret-file",
-    "auth-timeout",
-    "allowed-origins",
-    "max-connections-per-ip",
-    "handshake-rate-per-ip",
-    "limit-loopback",
-    "trusted-proxies",
-    "max-request-header",
-    "client-bytes-rate",
-    "log-format",
-    "io",
-];
 
 /// A configuration error, worded for the person who has to fix it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -250,93 +354,6 @@ impl ServeConfig {
             };
             self.set(&key, &text)
                 .map_err(|msg| ConfigError(format!("invalid {raw_key} = {value}: {msg}")))?;
-        }
-        Ok(())
-    }
-
-    /// Sets one key from its text form. The error says what is accepted.
-    pub fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
-        match key {
-            "listen" => self.listen = parse_addr(value)?,
-            "udp" => self.udp = parse_off(value).map(parse_addr).transpose()?,
-            "unix" => {
-                self.unix = parse_off(value)
-                    .map(|p| {
-                        if p.is_empty() {
-                            Err("expected a path or 'off'".to_owned())
-                        } else {
-                            Ok(PathBuf::from(p))
-                        }
-                    })
-                    .transpose()?
-            }
-            "shards" => self.shards = Some(parse_count(value, 1, 1024)?),
-            "high-water" => self.high_water = parse_size(value, 1024, 1 << 40)?,
-            "max-message" => self.max_message = parse_size(value, 125, 1 << 30)? as usize,
-            "echo-max-message" => self.echo_max_message = parse_size(value, 125, 1 << 30)? as usize,
-            "max-feed-message" => self.max_feed_message = parse_size(value, 64, 64 << 20)? as usize,
-            "ping-interval" => self.ping_interval = parse_duration(value)?,
-            "ping-timeout" => self.ping_timeout = parse_duration(value)?,
-            "handshake-timeout" => self.handshake_timeout = parse_duration(value)?,
-            "echo" => self.echo = parse_bool(value)?,
-            "recv-buffers" => {
-                let n = parse_count(value, 16, 32768)?;
-                if !n.is_power_of_two() {
-                    return Err("must be a power of two between 16 and 32768".into());
-                }
-                self.recv_buffers = n as u16;
-            }
-            "recv-buffer-size" => self.recv_buffer_size = parse_size(value, 512, 1 << 20)? as u32,
-            "max-subscriptions" => self.max_subscriptions = parse_count(value, 1, 100_000)?,
-            "max-channels" => self.max_channels = parse_count(value, 1, 100_000_000)?,
-            "history" => self.history = parse_count(value, 0, 10_000_000)?,
-            "history-bytes" => self.history_bytes = parse_size(value, 0, 1 << 40)?,
-            "history-total" => self.history_total = parse_size(value, 0, 1 << 44)?,
-            "channel-ttl" => self.channel_ttl = parse_duration(value)?,
-            "client-rate" => self.client_rate = parse_count(value, 1, 1_000_000)? as u32,
-            "max-connections" => self.max_connections = Some(parse_count(value, 1, 100_000_000)?),
-            "max-connections-per-shard" => {
-                self.max_connections_per_shard = Some(parse_count(value, 1, 100_000_000)?)
-            }
-            "drain-timeout" => self.drain_timeout = parse_duration(value)?,
-            "send-buffer" => {
-                self.send_buffer = parse_off(value)
-                    .map(|v| parse_size(v, 4096, 1 << 30))
-                    .transpose()?
-            }
-            "auth-secret-file" => self.auth_secret_file = parse_off(value).map(PathBuf::from),
-            "auth-timeout" => self.auth_timeout = parse_duration(value)?,
-            "allowed-origins" => {
-                self.allowed_origins = parse_list(value, "*", |o| {
-                    parse_origin_pattern(o).map(|()| o.to_ascii_lowercase())
-                })?
-            }
-            "max-connections-per-ip" => {
-                self.max_connections_per_ip = parse_count(value, 0, 100_000_000)?
-            }
-            "handshake-rate-per-ip" => {
-                self.handshake_rate_per_ip = parse_count(value, 0, 1_000_000)? as u32
-            }
-            "limit-loopback" => self.limit_loopback = parse_bool(value)?,
-            "trusted-proxies" => self.trusted_proxies = parse_list(value, "off", parse_network)?,
-            "max-request-header" => {
-                self.max_request_header = parse_size(value, 1024, 64 * 1024)? as usize
-            }
-            "client-bytes-rate" => self.client_bytes_rate = parse_size(value, 1024, 1 << 30)?,
-            "log-format" => {
-                self.log_format = match value {
-                    "text" => LogFormat::Text,
-                    "json" => LogFormat::Json,
-                    _ => return Err("expected 'text' or 'json'".into()),
-                }
-            }
-            "io" => self.io = crate::driver::probe::IoChoice::parse(value)?,
-            _ => {
-                return Err(format!(
-                    "unknown setting '{key}' (known: {})",
-                    KEYS.join(", ")
-                ));
-            }
         }
         Ok(())
     }
@@ -444,9 +461,15 @@ fn parse_size(value: &str, min: u64, max: u64) -> Result<u64, String> {
     }
 }
 
+/// `30s`, `500ms`, `2m`; a bare number is seconds, as in systemd.
 fn parse_duration(value: &str) -> Result<Duration, String> {
-    humantime::parse_duration(value.trim())
-        .map_err(|_| "expected a duration such as 30s, 500ms or 2m".to_owned())
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Ok(Duration::from_secs(seconds));
+    }
+    humantime::parse_duration(value).map_err(|_| {
+        "expected a duration such as 30s, 500ms or 2m (a bare number is seconds)".to_owned()
+    })
 }
 
 fn parse_bool(value: &str) -> Result<bool, String> {
@@ -485,6 +508,17 @@ mod tests {
         assert_eq!(c.high_water, 1 << 20);
         assert_eq!(c.udp, None);
         assert_eq!(c.shards, Some(3));
+    }
+
+    #[test]
+    fn the_readme_documents_every_flag() {
+        let readme = include_str!("../README.md");
+        for key in KEYS {
+            assert!(
+                readme.contains(&format!("| `--{key}")),
+                "README.md's serve flags table has no row for --{key}"
+            );
+        }
     }
 
     #[test]

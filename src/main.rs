@@ -82,6 +82,7 @@ fn bench(args: BenchArgs) -> ExitCode {
             duration: duration(&args.duration, "--duration")?,
             drain: duration(&args.drain, "--drain")?,
             server_pid: args.server_pid,
+            server_cpu: args.server_cpu,
             sweep: args.sweep,
             min_ratio: args.min_ratio,
             max_p99: duration(&args.max_p99, "--max-p99")?,

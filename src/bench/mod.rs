@@ -45,6 +45,9 @@ pub struct BenchOptions {
     /// Longest wait after a step for messages still in flight.
     pub drain: Duration,
     pub server_pid: Option<u32>,
+    /// The CPU the server is pinned to: its whole busy time per delivery
+    /// (kernel work on its behalf included) is reported too.
+    pub server_cpu: Option<usize>,
     /// Stop at the first step that misses `min_ratio` or `max_p99`.
     pub sweep: bool,
     pub min_ratio: f64,
@@ -71,6 +74,12 @@ pub struct StepResult {
     pub slow_cut: u64,
     pub latency_us: Percentiles,
     pub server_cpu_ns_per_delivery: Option<f64>,
+    /// The server's CPU (`--server-cpu`), busy time of everything on it per
+    /// delivery: the server's own time plus the kernel's work there
+    /// (softirq, kernel threads), which process time does not show.
+    pub server_core_busy_ns_per_delivery: Option<f64>,
+    /// Of that, softirq time per delivery.
+    pub server_core_softirq_ns_per_delivery: Option<f64>,
     /// Server CPU over the step, in % of one core (100: saturated).
     pub server_cpu_percent: Option<f64>,
     /// This load generator's CPU over the step, % of one core per process:
@@ -206,6 +215,7 @@ fn run_step(
     let mut interval = new_histogram();
     let before = sources.collect(&mut new_histogram());
     let cpu_before = opts.server_pid.and_then(process_cpu_ns);
+    let core_before = opts.server_cpu.and_then(stats::cpu_times);
     let own_before = process_cpu_ns(std::process::id());
     let started = Instant::now();
     let duration = opts.duration;
@@ -262,6 +272,10 @@ fn run_step(
     let cpu = server_cpu
         .filter(|_| received > 0)
         .map(|ns| ns / received as f64);
+    let core = match (core_before, opts.server_cpu.and_then(stats::cpu_times)) {
+        (Some(a), Some(b)) if received > 0 => Some(b.since(a)),
+        _ => None,
+    };
     let own_cpu = match (own_before, process_cpu_ns(std::process::id())) {
         (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / wall_ns * 100.0),
         _ => None,
@@ -287,6 +301,9 @@ fn run_step(
             slow_cut: end.slow_cut - before.slow_cut,
             latency_us: latency,
             server_cpu_ns_per_delivery: cpu,
+            server_core_busy_ns_per_delivery: core.map(|c| c.busy_ns as f64 / received as f64),
+            server_core_softirq_ns_per_delivery: core
+                .map(|c| c.softirq_ns as f64 / received as f64),
             server_cpu_percent: server_cpu.map(|ns| ns / wall_ns * 100.0),
             bench_cpu_percent: own_cpu,
             server_rss_bytes: opts.server_pid.and_then(process_rss),
@@ -479,7 +496,7 @@ fn ms(us: u64) -> String {
 /// One line per step, for humans.
 pub fn step_line(s: &StepResult) -> String {
     format!(
-        "rate {:>7.0}/s  {:>11.0} deliveries/s  ratio {:>8.4}%  p50 {:>8} p90 {:>8} p99 {:>8} p99.9 {:>8} max {:>8}  gaps {} dups {} cut {}  server {} cpu {}  rss {}  bench cpu {}{}",
+        "rate {:>7.0}/s  {:>11.0} deliveries/s  ratio {:>8.4}%  p50 {:>8} p90 {:>8} p99 {:>8} p99.9 {:>8} max {:>8}  gaps {} dups {} cut {}  server {} cpu {}{}  rss {}  bench cpu {}{}",
         s.rate,
         s.deliveries_per_sec,
         s.ratio * 100.0,
@@ -495,6 +512,13 @@ pub fn step_line(s: &StepResult) -> String {
             .map_or("-".to_owned(), |n| format!("{n:.0} ns/delivery")),
         s.server_cpu_percent
             .map_or("-".to_owned(), |p| format!("{p:.0}%")),
+        match (
+            s.server_core_busy_ns_per_delivery,
+            s.server_core_softirq_ns_per_delivery
+        ) {
+            (Some(b), Some(q)) => format!("  its core {b:.0} ns/delivery (softirq {q:.0})"),
+            _ => String::new(),
+        },
         s.server_rss_bytes
             .map_or("-".to_owned(), |b| format!("{} MiB", b >> 20)),
         s.bench_cpu_percent

@@ -96,6 +96,56 @@ pub fn process_cpu_ns(pid: u32) -> Option<u64> {
     Some((utime + stime) * 1_000_000_000 / hz)
 }
 
+/// Time one CPU spent busy, from `/proc/stat` (all processes, kernel work
+/// included: softirq, kernel threads, io-wq workers), in nanoseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuTimes {
+    /// Everything but idle and iowait.
+    pub busy_ns: u64,
+    /// Of which softirq (network receive and transmit processing).
+    pub softirq_ns: u64,
+}
+
+impl CpuTimes {
+    pub fn since(self, earlier: CpuTimes) -> CpuTimes {
+        CpuTimes {
+            busy_ns: self.busy_ns.saturating_sub(earlier.busy_ns),
+            softirq_ns: self.softirq_ns.saturating_sub(earlier.softirq_ns),
+        }
+    }
+}
+
+/// The busy times of CPU `cpu` so far.
+pub fn cpu_times(cpu: usize) -> Option<CpuTimes> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    parse_cpu_line(&stat, cpu)
+}
+
+fn parse_cpu_line(stat: &str, cpu: usize) -> Option<CpuTimes> {
+    let label = format!("cpu{cpu}");
+    let line = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(label.as_str()))?;
+    // user nice system idle iowait irq softirq steal (guest time is
+    // already counted in user).
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|v| v.parse().ok())
+        .collect::<Option<_>>()?;
+    let [user, nice, system, _idle, _iowait, irq, softirq, steal] = f[..] else {
+        return None;
+    };
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let ns = |ticks: u64| ticks * 1_000_000_000 / hz;
+    Some(CpuTimes {
+        busy_ns: ns(user + nice + system + irq + softirq + steal),
+        softirq_ns: ns(softirq),
+    })
+}
+
 /// Resident set size of a process, in bytes.
 pub fn process_rss(pid: u32) -> Option<u64> {
     let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;

@@ -101,6 +101,10 @@ pub struct BenchArgs {
     /// PID of a server on this host: report its CPU per delivery and RSS.
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// CPU the server is pinned to: also report that CPU's whole busy time
+    /// per delivery (kernel work there included), from /proc/stat.
+    #[arg(long, value_name = "N")]
+    pub server_cpu: Option<usize>,
     /// Also print the report as one JSON line on stdout.
     #[arg(long)]
     pub json: bool,
@@ -136,170 +140,69 @@ pub struct PublishArgs {
     pub data: Option<String>,
 }
 
-/// Every flag is also a key of the TOML config file; flags win.
-#[derive(Debug, Args)]
+/// `ringcast serve`: `--config FILE`, and one flag per setting (every one
+/// also a key of the TOML config file; flags win). The flags are made from
+/// the settings table (`config::SETTINGS`), not written out here.
+#[derive(Debug, Clone, Default)]
 pub struct ServeArgs {
-    /// TOML config file (keys as the flags below, without `--`).
-    #[arg(long, value_name = "FILE")]
+    /// TOML config file (keys as the flags, without `--`).
     pub config: Option<PathBuf>,
-    /// WebSocket + HTTP listener [default: 127.0.0.1:8080].
-    #[arg(long, value_name = "ADDR")]
-    pub listen: Option<String>,
-    /// UDP feed socket, or `off` [default: 127.0.0.1:9000].
-    #[arg(long, value_name = "ADDR")]
-    pub udp: Option<String>,
-    /// Unix stream feed socket, or `off` [default: ./ringcast.sock].
-    #[arg(long, value_name = "PATH")]
-    pub unix: Option<String>,
-    /// Shards (threads, each pinned to a CPU) [default: CPUs allowed to the process].
-    #[arg(long, value_name = "N")]
-    pub shards: Option<String>,
-    /// Per-connection queued-bytes limit; above it the client is disconnected (4008) [default: 4MiB].
-    #[arg(long, value_name = "BYTES")]
-    pub high_water: Option<String>,
-    /// Largest message a /ws client may send [default: 64KiB].
-    #[arg(long, value_name = "BYTES")]
-    pub max_message: Option<String>,
-    /// Largest message on /echo [default: 16MiB].
-    #[arg(long, value_name = "BYTES")]
-    pub echo_max_message: Option<String>,
-    /// Largest feed message (UDP datagram or Unix line) [default: 1MiB].
-    #[arg(long, value_name = "BYTES")]
-    pub max_feed_message: Option<String>,
-    /// Server ping period [default: 30s].
-    #[arg(long, value_name = "DURATION")]
-    pub ping_interval: Option<String>,
-    /// Close a client silent this long after a ping [default: 10s].
-    #[arg(long, value_name = "DURATION")]
-    pub ping_timeout: Option<String>,
-    /// Drop connections that have not completed the handshake by then [default: 5s].
-    #[arg(long, value_name = "DURATION")]
-    pub handshake_timeout: Option<String>,
-    /// Serve /echo, which echoes every message (for conformance suites).
-    #[arg(long)]
-    pub echo: bool,
-    /// Receive buffers per shard, a power of two [default: 1024].
-    #[arg(long, value_name = "N")]
-    pub recv_buffers: Option<String>,
-    /// Size of each receive buffer [default: 4KiB].
-    #[arg(long, value_name = "BYTES")]
-    pub recv_buffer_size: Option<String>,
-    /// Channels one connection may subscribe to [default: 100].
-    #[arg(long, value_name = "N")]
-    pub max_subscriptions: Option<String>,
-    /// Channels the server tracks in all [default: 100000].
-    #[arg(long, value_name = "N")]
-    pub max_channels: Option<String>,
-    /// Messages kept per channel for `since=` resume; 0 disables [default: 1000].
-    #[arg(long, value_name = "N")]
-    pub history: Option<String>,
-    /// Bytes kept per channel for resume [default: 16MiB].
-    #[arg(long, value_name = "BYTES")]
-    pub history_bytes: Option<String>,
-    /// Bytes of history kept across all channels [default: 512MiB].
-    #[arg(long, value_name = "BYTES")]
-    pub history_total: Option<String>,
-    /// Drop channels idle (no subscriber, no message) this long [default: 1h].
-    #[arg(long, value_name = "DURATION")]
-    pub channel_ttl: Option<String>,
-    /// Messages per second a /ws client may send before it is closed (1008) [default: 50].
-    #[arg(long, value_name = "N")]
-    pub client_rate: Option<String>,
-    /// Connections accepted in all; past it, 503 [default: what the open-files limit allows].
-    #[arg(long, value_name = "N")]
-    pub max_connections: Option<String>,
-    /// Connections one shard accepts [default: no per-shard limit].
-    #[arg(long, value_name = "N")]
-    pub max_connections_per_shard: Option<String>,
-    /// On SIGTERM, how long clients get to leave after their 1001 [default: 10s].
-    #[arg(long, value_name = "DURATION")]
-    pub drain_timeout: Option<String>,
-    /// Kernel send buffer per client socket, or `off` for the kernel's autotuning [default: off].
-    #[arg(long, value_name = "BYTES")]
-    pub send_buffer: Option<String>,
-    /// Require signed tokens; the file holds the secret(s), one per line [default: off].
-    #[arg(long, value_name = "FILE")]
-    pub auth_secret_file: Option<String>,
-    /// Time a client without a token has to send an auth message [default: 10s].
-    #[arg(long, value_name = "DURATION")]
-    pub auth_timeout: Option<String>,
-    /// Origins browsers may connect from, comma-separated; `*.` wildcards [default: any].
-    #[arg(long, value_name = "ORIGINS")]
-    pub allowed_origins: Option<String>,
-    /// Connections one client IP may hold; 0 = no limit [default: 1000].
-    #[arg(long, value_name = "N")]
-    pub max_connections_per_ip: Option<String>,
-    /// New connections per second per client IP (bursts of 2x); 0 = no limit [default: 100].
-    #[arg(long, value_name = "N")]
-    pub handshake_rate_per_ip: Option<String>,
-    /// Apply per-IP limits to loopback peers too (off: a local proxy carries everyone) [default: false].
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
-    pub limit_loopback: Option<String>,
-    /// Proxies (addresses or networks, comma-separated) whose X-Forwarded-For names the client for the per-IP limits [default: none].
-    #[arg(long, value_name = "NETWORKS")]
-    pub trusted_proxies: Option<String>,
-    /// Largest HTTP request head; larger gets 431 [default: 8KiB].
-    #[arg(long, value_name = "BYTES")]
-    pub max_request_header: Option<String>,
-    /// Bytes per second a /ws client may send before it is closed (1008) [default: 64KiB].
-    #[arg(long, value_name = "BYTES")]
-    pub client_bytes_rate: Option<String>,
-    /// Log format: text or json [default: text].
-    #[arg(long, value_name = "FORMAT")]
-    pub log_format: Option<String>,
-    /// I/O driver: auto (io_uring where it works, else epoll), io-uring, or epoll [default: auto].
-    #[arg(long, value_name = "DRIVER")]
-    pub io: Option<String>,
+    /// The settings given as flags, as (key, value), in the table's order.
+    given: Vec<(&'static str, String)>,
 }
 
 impl ServeArgs {
     /// The flags the user gave, as (config key, value) pairs.
     pub fn given(&self) -> Vec<(&'static str, String)> {
-        let options = [
-            ("listen", &self.listen),
-            ("udp", &self.udp),
-            ("unix", &self.unix),
-            ("shards", &self.shards),
-            ("high-water", &self.high_water),
-            ("max-message", &self.max_message),
-            ("echo-max-message", &self.echo_max_message),
-            ("max-feed-message", &self.max_feed_message),
-            ("ping-interval", &self.ping_interval),
-            ("ping-timeout", &self.ping_timeout),
-            ("handshake-timeout", &self.handshake_timeout),
-            ("recv-buffers", &self.recv_buffers),
-            ("recv-buffer-size", &self.recv_buffer_size),
-            ("max-subscriptions", &self.max_subscriptions),
-            ("max-channels", &self.max_channels),
-            ("history", &self.history),
-            ("history-bytes", &self.history_bytes),
-            ("history-total", &self.history_total),
-            ("channel-ttl", &self.channel_ttl),
-            ("client-rate", &self.client_rate),
-            ("max-connections", &self.max_connections),
-            ("max-connections-per-shard", &self.max_connections_per_shard),
-            ("drain-timeout", &self.drain_timeout),
-            ("send-buffer", &self.send_buffer),
-            ("auth-secret-file", &self.auth_secret_file),
-            ("auth-timeout", &self.auth_timeout),
-            ("allowed-origins", &self.allowed_origins),
-            ("max-connections-per-ip", &self.max_connections_per_ip),
-            ("handshake-rate-per-ip", &self.handshake_rate_per_ip),
-            ("limit-loopback", &self.limit_loopback),
-            ("trusted-proxies", &self.trusted_proxies),
-            ("max-request-header", &self.max_request_header),
-            ("client-bytes-rate", &self.client_bytes_rate),
-            ("log-format", &self.log_format),
-            ("io", &self.io),
-        ];
-        let mut given: Vec<(&'static str, String)> = options
-            .into_iter()
-            .filter_map(|(key, value)| value.clone().map(|v| (key, v)))
-            .collect();
-        if self.echo {
-            given.push(("echo", "true".to_owned()));
+        self.given.clone()
+    }
+}
+
+impl clap::FromArgMatches for ServeArgs {
+    fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        let mut args = ServeArgs::default();
+        args.update_from_arg_matches(matches)?;
+        Ok(args)
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+        if let Some(path) = matches.get_one::<PathBuf>("config") {
+            self.config = Some(path.clone());
         }
-        given
+        for setting in crate::config::SETTINGS {
+            if let Some(value) = matches.get_one::<String>(setting.key) {
+                self.given.retain(|(key, _)| *key != setting.key);
+                self.given.push((setting.key, value.clone()));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Args for ServeArgs {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        let config = clap::Arg::new("config")
+            .long("config")
+            .value_name("FILE")
+            .value_parser(clap::value_parser!(PathBuf))
+            .help("TOML config file (keys as the flags below, without `--`)");
+        cmd.arg(config)
+            .args(crate::config::SETTINGS.iter().map(|setting| {
+                let arg = clap::Arg::new(setting.key)
+                    .long(setting.key)
+                    .value_name(setting.value_name)
+                    .help(format!("{} [default: {}]", setting.help, setting.default));
+                if setting.is_switch() {
+                    // `--echo` alone means true; `--echo false` is allowed too.
+                    arg.num_args(0..=1).default_missing_value("true")
+                } else {
+                    arg
+                }
+            }))
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
     }
 }
 
@@ -320,5 +223,38 @@ mod tests {
                 "config key {key} has no flag"
             );
         }
+    }
+
+    #[test]
+    fn flags_come_through_as_settings() {
+        let cli = Cli::parse_from([
+            "ringcast",
+            "serve",
+            "--high-water",
+            "1MiB",
+            "--echo",
+            "--limit-loopback",
+            "false",
+            "--drain-timeout",
+            "5",
+            "--config",
+            "x.toml",
+        ]);
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve");
+        };
+        assert_eq!(args.config.as_deref(), Some(std::path::Path::new("x.toml")));
+        let given = args.given();
+        assert!(
+            given.contains(&("high-water", "1MiB".to_owned())),
+            "{given:?}"
+        );
+        assert!(given.contains(&("echo", "true".to_owned())), "{given:?}");
+        assert!(given.contains(&("limit-loopback", "false".to_owned())));
+        let config = crate::config::ServeConfig::load(None, &given).unwrap();
+        assert_eq!(config.high_water, 1 << 20);
+        assert!(config.echo && !config.limit_loopback);
+        // A bare number is seconds, for every duration.
+        assert_eq!(config.drain_timeout, std::time::Duration::from_secs(5));
     }
 }
