@@ -146,8 +146,16 @@ impl ShardCore {
                 if wants_replay {
                     self.refill(slot);
                 }
-                // Whatever was queued during the send leaves now, in one go.
-                self.schedule_flush(slot);
+                // Whatever was queued during the send leaves now, in one go;
+                // a closing connection goes on to shut its write side. Idle
+                // ones stay off the flush list (most, at low rates).
+                if self
+                    .conns
+                    .get(slot)
+                    .is_some_and(|c| !c.out.is_empty() || c.phase == Phase::Closing)
+                {
+                    self.schedule_flush(slot);
+                }
             }
             SendResult::PeerGone => self.release(slot, true, CloseReason::PeerGone),
             SendResult::Failed => {
