@@ -2,7 +2,7 @@
 //!
 //! `envelope_parse` is what ringcast does (serde_json + RawValue: validates
 //! the whole message and returns the exact bytes of `data`). `simd_json_parse`
-//! is the alternative DESIGN.md suggested, measured side by side: it has to
+//! is the obvious faster-JSON alternative, measured side by side: it has to
 //! copy the input (it parses in place) and builds values whose source bytes
 //! are lost, so it could not give `data` back byte for byte anyway.
 

@@ -1,4 +1,4 @@
-//! Command-line parsing: the subcommands of INTERFACE.md.
+//! Command-line parsing: `serve`, `publish`, `bench`, `doctor` and `token`.
 
 use std::path::PathBuf;
 

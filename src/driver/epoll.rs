@@ -15,10 +15,11 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use rustix::io::Errno;
+use rustix::net::Shutdown;
 
 use crate::core::{Action, ConnKey, IoSlicePtr, SendResult, ShardCore};
 
-use super::{ACCEPT_RETRY_MS, AcceptErrors, Common};
+use super::{ACCEPT_RETRY_MS, AcceptErrors, Common, SlotFlags};
 
 const LISTENER: Token = Token(usize::MAX);
 const WAKER: Token = Token(usize::MAX - 1);
@@ -45,7 +46,7 @@ pub struct EpollShard {
     events: Events,
     ready: Vec<(Token, bool, bool)>,
     listener: OwnedFd,
-    flags: Vec<u8>,
+    flags: SlotFlags,
     /// Connections whose read budget ran out with bytes perhaps left.
     read_again: Vec<ConnKey>,
     read_buf: Box<[u8]>,
@@ -88,7 +89,7 @@ impl EpollShard {
             events: Events::with_capacity(1024),
             ready: Vec::with_capacity(1024),
             listener,
-            flags: Vec::new(),
+            flags: SlotFlags::default(),
             read_again: Vec::new(),
             read_buf: vec![0u8; READ_BUFFER].into_boxed_slice(),
             iov: Vec::with_capacity(crate::core::MAX_SEND_PIECES),
@@ -137,8 +138,8 @@ impl EpollShard {
                     }
                     token => {
                         let key = key_of(token);
-                        if writable && self.flag(key.slot) & WRITE_BLOCKED != 0 {
-                            self.flags[key.slot as usize] &= !WRITE_BLOCKED;
+                        if writable && self.flags.get(key.slot) & WRITE_BLOCKED != 0 {
+                            self.flags.clear(key.slot, WRITE_BLOCKED);
                             self.common.core.on_writable(key);
                         }
                         if readable {
@@ -171,18 +172,6 @@ impl EpollShard {
             }
         }
         self.common.core.publish_stats();
-    }
-
-    fn flag(&self, slot: u32) -> u8 {
-        self.flags.get(slot as usize).copied().unwrap_or(0)
-    }
-
-    fn flags_mut(&mut self, slot: u32) -> &mut u8 {
-        let slot = slot as usize;
-        if slot >= self.flags.len() {
-            self.flags.resize(slot + 1, 0);
-        }
-        &mut self.flags[slot]
     }
 
     fn accept(&mut self, now: u64) {
@@ -241,7 +230,7 @@ impl EpollShard {
         // when the core says so (Action::Close).
         let raw: RawFd = std::os::fd::IntoRawFd::into_raw_fd(fd);
         let key = self.common.core.on_accepted(raw, peer);
-        *self.flags_mut(key.slot) = 0;
+        self.flags.reset(key.slot);
         let interest = Interest::READABLE | Interest::WRITABLE;
         if self
             .poll
@@ -258,7 +247,7 @@ impl EpollShard {
         let Some(fd) = self.common.core.fd(key) else {
             return;
         };
-        if self.flag(key.slot) & READ_DONE != 0 {
+        if self.flags.get(key.slot) & READ_DONE != 0 {
             return;
         }
         // SAFETY: `fd` is a socket this driver accepted and has not closed
@@ -274,7 +263,7 @@ impl EpollShard {
                 rustix::net::RecvFlags::empty(),
             ) {
                 Ok((0, _)) => {
-                    *self.flags_mut(key.slot) |= READ_DONE;
+                    self.flags.set(key.slot, READ_DONE);
                     self.common.core.on_read_closed(key);
                     return;
                 }
@@ -301,13 +290,9 @@ impl EpollShard {
         while let Some(action) = self.common.core.poll_action(&mut self.iov) {
             match action {
                 Action::Send { key, fd } => self.send(key, fd),
-                Action::ShutdownWrite { fd } => {
-                    // SAFETY: `fd` is a socket this driver accepted and has not closed.
-                    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-                    let _ = rustix::net::shutdown(fd, rustix::net::Shutdown::Write);
-                }
+                Action::ShutdownWrite { fd } => super::shutdown(fd, Shutdown::Write),
                 Action::Close { key, fd, abort } => {
-                    self.flags[key.slot as usize] = 0;
+                    self.flags.reset(key.slot);
                     // SAFETY: the descriptor came from accept and is closed
                     // exactly once, here; nothing is in flight on it (every
                     // write is synchronous), and closing it also removes it
@@ -316,11 +301,7 @@ impl EpollShard {
                     super::close_socket(owned, abort);
                     self.common.core.on_released(key);
                 }
-                Action::ForceShutdown { fd } => {
-                    // SAFETY: as for ShutdownWrite.
-                    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-                    let _ = rustix::net::shutdown(fd, rustix::net::Shutdown::Both);
-                }
+                Action::ForceShutdown { fd } => super::shutdown(fd, Shutdown::Both),
                 Action::RenderMetrics { key } => self.common.request_metrics(key),
             }
         }
@@ -328,7 +309,7 @@ impl EpollShard {
 
     /// One `writev` of what the core queued (the pieces are in `self.iov`).
     fn send(&mut self, key: ConnKey, fd: RawFd) {
-        if self.flag(key.slot) & WRITE_BLOCKED != 0 {
+        if self.flags.get(key.slot) & WRITE_BLOCKED != 0 {
             self.common.core.send_deferred(key);
             return;
         }
@@ -357,12 +338,12 @@ impl EpollShard {
         match result {
             Ok(n) => {
                 if n < total {
-                    *self.flags_mut(key.slot) |= WRITE_BLOCKED;
+                    self.flags.set(key.slot, WRITE_BLOCKED);
                 }
                 self.common.core.on_sent(key, SendResult::Wrote(n));
             }
             Err(Errno::AGAIN) => {
-                *self.flags_mut(key.slot) |= WRITE_BLOCKED;
+                self.flags.set(key.slot, WRITE_BLOCKED);
                 self.common.core.send_deferred(key);
             }
             Err(Errno::PIPE | Errno::CONNRESET) => {

@@ -204,25 +204,20 @@ pub fn spawn(setup: ShardSetup) -> std::io::Result<ShardHandle> {
                 config: setup.driver.clone(),
                 woken: false,
             };
-            match setup.driver.io {
-                Io::IoUring => match uring::UringShard::new(common, setup.listener) {
-                    Ok(shard) => {
-                        let _ = ready_tx.send(Ok(()));
-                        shard.run();
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                    }
-                },
-                Io::Epoll => match epoll::EpollShard::new(common, setup.listener) {
-                    Ok(shard) => {
-                        let _ = ready_tx.send(Ok(()));
-                        shard.run();
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                    }
-                },
+            let driver: std::io::Result<Box<dyn FnOnce()>> = match setup.driver.io {
+                Io::IoUring => uring::UringShard::new(common, setup.listener)
+                    .map(|shard| Box::new(move || shard.run()) as Box<dyn FnOnce()>),
+                Io::Epoll => epoll::EpollShard::new(common, setup.listener)
+                    .map(|shard| Box::new(move || shard.run()) as Box<dyn FnOnce()>),
+            };
+            match driver {
+                Ok(run) => {
+                    let _ = ready_tx.send(Ok(()));
+                    run();
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
             }
         })?;
     match ready_rx.recv() {
@@ -332,6 +327,46 @@ fn peer_ip(fd: BorrowedFd<'_>) -> Option<std::net::IpAddr> {
             .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
         v4 => v4,
     })
+}
+
+/// A byte of driver state per core slot (what each driver tracks of a
+/// connection beyond what the core knows).
+#[derive(Default)]
+struct SlotFlags(Vec<u8>);
+
+impl SlotFlags {
+    fn get(&self, slot: u32) -> u8 {
+        self.0.get(slot as usize).copied().unwrap_or(0)
+    }
+
+    fn set(&mut self, slot: u32, bits: u8) {
+        *self.entry(slot) |= bits;
+    }
+
+    fn clear(&mut self, slot: u32, bits: u8) {
+        *self.entry(slot) &= !bits;
+    }
+
+    /// A new connection in `slot` (or none): nothing set.
+    fn reset(&mut self, slot: u32) {
+        *self.entry(slot) = 0;
+    }
+
+    fn entry(&mut self, slot: u32) -> &mut u8 {
+        let slot = slot as usize;
+        if slot >= self.0.len() {
+            self.0.resize(slot + 1, 0);
+        }
+        &mut self.0[slot]
+    }
+}
+
+/// Shuts down one or both directions of a client socket.
+fn shutdown(fd: RawFd, how: rustix::net::Shutdown) {
+    // SAFETY: `fd` is a socket the driver accepted and has not closed (the
+    // core only names live connections' sockets in its actions).
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    let _ = rustix::net::shutdown(fd, how);
 }
 
 /// Closes a client socket, with a reset (`SO_LINGER` 0) when `abort`.

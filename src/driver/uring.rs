@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use crate::core::{Action, ConnKey, IoSlicePtr, SendResult, ShardCore};
 use crate::uring::{Completion, Driver, Op};
+use rustix::net::Shutdown;
 
-use super::{ACCEPT_RETRY_MS, AcceptErrors, Common};
+use super::{ACCEPT_RETRY_MS, AcceptErrors, Common, SlotFlags};
 
 /// Submission queue size: enough to start a send on thousands of
 /// connections per `io_uring_enter`.
@@ -38,7 +39,7 @@ pub struct UringShard {
     driver: Driver,
     listener: OwnedFd,
     /// Per core slot: the `RECV_ARMED`… flags above.
-    flags: Vec<u8>,
+    flags: SlotFlags,
     starved: Vec<ConnKey>,
     iov: Vec<IoSlicePtr>,
     wake_buf: Box<u64>,
@@ -55,7 +56,7 @@ impl UringShard {
             common,
             driver,
             listener,
-            flags: Vec::new(),
+            flags: SlotFlags::default(),
             starved: Vec::new(),
             iov: Vec::with_capacity(crate::core::MAX_SEND_PIECES),
             wake_buf: Box::new(0),
@@ -129,14 +130,6 @@ impl UringShard {
         unsafe { self.driver.wait_for_wake(fd, buf) }
     }
 
-    fn flags_mut(&mut self, slot: u32) -> &mut u8 {
-        let slot = slot as usize;
-        if slot >= self.flags.len() {
-            self.flags.resize(slot + 1, 0);
-        }
-        &mut self.flags[slot]
-    }
-
     fn on_completion(&mut self, c: Completion) {
         match c.op {
             Op::Accept => self.on_accept(c),
@@ -176,9 +169,9 @@ impl UringShard {
             super::configure_client_socket(borrowed, self.common.config.send_buffer);
             let peer = super::peer_ip(borrowed);
             let key = self.common.core.on_accepted(fd, peer);
-            *self.flags_mut(key.slot) = 0;
+            self.flags.reset(key.slot);
             if self.driver.recv(fd, key.slot, key.generation).is_ok() {
-                *self.flags_mut(key.slot) |= RECV_ARMED;
+                self.flags.set(key.slot, RECV_ARMED);
             } else {
                 self.common.core.on_error(key, false);
             }
@@ -204,9 +197,9 @@ impl UringShard {
             return;
         };
         if !c.more() {
-            *self.flags_mut(key.slot) &= !RECV_ARMED;
+            self.flags.clear(key.slot, RECV_ARMED);
         }
-        let closing = self.flags[key.slot as usize] & CLOSING != 0;
+        let closing = self.flags.get(key.slot) & CLOSING != 0;
         if c.result > 0 {
             if let Some(bid) = bid {
                 let data = self.driver.received(bid, c.result as usize);
@@ -217,7 +210,7 @@ impl UringShard {
             }
             self.after_recv(key);
         } else if c.result == 0 {
-            *self.flags_mut(key.slot) |= READ_DONE;
+            self.flags.set(key.slot, READ_DONE);
             self.common.core.on_read_closed(key);
             self.try_finish(key);
         } else if c.result == -libc::ENOBUFS {
@@ -235,14 +228,14 @@ impl UringShard {
     /// A multishot receive can end after delivering data (or for lack of
     /// buffers); keep reading unless the connection is closing.
     fn after_recv(&mut self, key: ConnKey) {
-        let flags = *self.flags_mut(key.slot);
+        let flags = self.flags.get(key.slot);
         if flags & RECV_ARMED != 0 {
             return;
         }
         if flags & CLOSING != 0 {
             self.try_finish(key);
         } else if flags & (RECV_STARVED | READ_DONE) == 0 {
-            *self.flags_mut(key.slot) |= RECV_STARVED;
+            self.flags.set(key.slot, RECV_STARVED);
             self.starved.push(key);
         }
     }
@@ -253,13 +246,12 @@ impl UringShard {
             let Some(fd) = self.common.core.fd(key) else {
                 continue;
             };
-            let flags = self.flags_mut(key.slot);
-            *flags &= !RECV_STARVED;
-            if *flags & (RECV_ARMED | CLOSING | READ_DONE) != 0 {
+            self.flags.clear(key.slot, RECV_STARVED);
+            if self.flags.get(key.slot) & (RECV_ARMED | CLOSING | READ_DONE) != 0 {
                 continue;
             }
             if self.driver.recv(fd, key.slot, key.generation).is_ok() {
-                *self.flags_mut(key.slot) |= RECV_ARMED;
+                self.flags.set(key.slot, RECV_ARMED);
             } else {
                 self.common.core.on_error(key, false);
             }
@@ -272,7 +264,7 @@ impl UringShard {
         let Some(key) = self.key(&c) else {
             return;
         };
-        *self.flags_mut(key.slot) &= !SEND_IN_FLIGHT;
+        self.flags.clear(key.slot, SEND_IN_FLIGHT);
         let result = if c.result >= 0 {
             SendResult::Wrote(c.result as usize)
         } else if matches!(-c.result, libc::ECONNRESET | libc::EPIPE) {
@@ -295,27 +287,24 @@ impl UringShard {
                     // this send's completion (`try_finish`).
                     let r = unsafe { self.driver.send(fd, key.slot, key.generation, &self.iov) };
                     if r.is_ok() {
-                        *self.flags_mut(key.slot) |= SEND_IN_FLIGHT;
+                        self.flags.set(key.slot, SEND_IN_FLIGHT);
                     } else {
                         self.common.core.on_sent(key, SendResult::Failed);
                     }
                 }
-                Action::ShutdownWrite { fd } => {
-                    // SAFETY: `fd` is a socket this driver accepted and has not closed.
-                    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-                    let _ = rustix::net::shutdown(fd, rustix::net::Shutdown::Write);
-                }
+                Action::ShutdownWrite { fd } => super::shutdown(fd, Shutdown::Write),
                 Action::Close { key, fd, abort } => {
-                    let flags = self.flags_mut(key.slot);
-                    *flags |= CLOSING | if abort { ABORT } else { 0 };
-                    if *flags & (RECV_ARMED | SEND_IN_FLIGHT) != 0
+                    self.flags
+                        .set(key.slot, CLOSING | if abort { ABORT } else { 0 });
+                    if self.flags.get(key.slot) & (RECV_ARMED | SEND_IN_FLIGHT) != 0
                         && self.driver.cancel_all(fd).is_err()
                     {
-                        force_shutdown(fd);
+                        // Shutting it down ends the pending operations too.
+                        super::shutdown(fd, Shutdown::Both);
                     }
                     self.try_finish(key);
                 }
-                Action::ForceShutdown { fd } => force_shutdown(fd),
+                Action::ForceShutdown { fd } => super::shutdown(fd, Shutdown::Both),
                 Action::RenderMetrics { key } => self.common.request_metrics(key),
             }
         }
@@ -324,14 +313,14 @@ impl UringShard {
     /// Closes a connection the core asked to close once the kernel holds no
     /// operation on it any more, and tells the core.
     fn try_finish(&mut self, key: ConnKey) {
-        let flags = *self.flags_mut(key.slot);
+        let flags = self.flags.get(key.slot);
         if flags & CLOSING == 0 || flags & (RECV_ARMED | SEND_IN_FLIGHT) != 0 {
             return;
         }
         let Some(fd) = self.common.core.fd(key) else {
             return;
         };
-        self.flags[key.slot as usize] = 0;
+        self.flags.reset(key.slot);
         // SAFETY: the descriptor came from accept and is closed exactly
         // once, here: no io_uring operation references it any more (none
         // armed, none in flight) and the core forgets it in on_released.
@@ -339,11 +328,4 @@ impl UringShard {
         super::close_socket(owned, flags & ABORT != 0);
         self.common.core.on_released(key);
     }
-}
-
-/// Shuts a socket down both ways, which ends every operation pending on it.
-fn force_shutdown(fd: RawFd) {
-    // SAFETY: `fd` is a socket this driver accepted and has not closed.
-    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-    let _ = rustix::net::shutdown(fd, rustix::net::Shutdown::Both);
 }

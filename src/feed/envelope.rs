@@ -4,8 +4,8 @@
 //! receive exactly `{"channel":"<name>","seq":<n>,"data":<data>}` with `data`
 //! byte-for-byte as published. The parser is serde_json with `RawValue`: it
 //! validates the whole message as JSON and hands back the exact byte span of
-//! `data`, without copying or re-serialising it. (simd-json, suggested in
-//! DESIGN.md, builds a tape that does not keep source offsets, so it cannot
+//! `data`, without copying or re-serialising it. (simd-json, the usual
+//! faster-JSON choice, builds a tape that does not keep source offsets, so it cannot
 //! return the original bytes of a value; see the README for the comparison.)
 
 use std::borrow::Cow;
