@@ -98,22 +98,8 @@ impl ShardCore {
             .shared
             .registry
             .subscribe(name, self.index, self.now_ms)?;
-        let local = match self.channel_slots.get(&channel.id) {
-            Some(&local) => local,
-            None => {
-                // Interest is up (registry.subscribe); only now read the seq.
-                let delivered_seq = channel.last_seq();
-                let id = channel.id;
-                let local = self.channels.insert(ShardChannel {
-                    channel,
-                    subscribers: Vec::new(),
-                    pending: Vec::new(),
-                    delivered_seq,
-                });
-                self.channel_slots.insert(id, local);
-                local
-            }
-        };
+        // Interest is up (registry.subscribe); only now is the seq read.
+        let local = self.channels.open(channel);
         let Some(ch) = self.channels.get_mut(local) else {
             return Err(TooManyChannels);
         };
@@ -129,7 +115,6 @@ impl ShardCore {
         if conn.subs.iter().any(|s| s.channel == local) {
             return Ok(Subscribed { current, reset });
         }
-        self.subscriptions += 1;
         if cursor == ch.delivered_seq + 1 {
             conn.subs.push(Subscription {
                 channel: local,
@@ -149,6 +134,7 @@ impl ShardCore {
                 });
             ch.pending.push(slot);
         }
+        self.channels.subscribed();
         Ok(Subscribed { current, reset })
     }
 
@@ -157,7 +143,7 @@ impl ShardCore {
         let Some(channel) = self.shared.registry.get(name) else {
             return false;
         };
-        let Some(&local) = self.channel_slots.get(&channel.id) else {
+        let Some(local) = self.channels.local(channel.id) else {
             return false;
         };
         let Some(conn) = self.conns.get_mut(slot) else {
@@ -195,10 +181,13 @@ impl ShardCore {
     /// Removes one subscription (already taken out of the connection's list)
     /// in O(1) for live subscribers: the last one takes its place.
     fn remove_subscription(&mut self, slot: u32, sub: Subscription) {
+        if self.channels.get(sub.channel).is_none() {
+            return;
+        }
+        self.channels.unsubscribed();
         let Some(ch) = self.channels.get_mut(sub.channel) else {
             return;
         };
-        self.subscriptions -= 1;
         if sub.position == PENDING {
             ch.pending.retain(|&s| s != slot);
             if let Some(conn) = self.conns.get_mut(slot) {
@@ -214,19 +203,14 @@ impl ShardCore {
                 s.position = sub.position;
             }
         }
-        if ch.subscribers.is_empty() && ch.pending.is_empty() {
-            ch.channel.set_interest(self.index, false);
-            let id = ch.channel.id;
-            self.channel_slots.remove(&id);
-            self.channels.remove(sub.channel);
-        }
+        self.channels.close_if_unused(sub.channel, self.index);
     }
 
     /// Fans one channel message out to this shard's subscribers: per
     /// subscriber, a reference-count increment (not atomic), a queue push
     /// and a counter; sends start at the end of the loop iteration.
     pub fn deliver(&mut self, delivery: Delivery) {
-        let Some(&local) = self.channel_slots.get(&delivery.channel) else {
+        let Some(local) = self.channels.local(delivery.channel) else {
             return;
         };
         let Some(ch) = self.channels.get_mut(local) else {

@@ -17,6 +17,7 @@
 
 #[doc(hidden)]
 pub mod bench_support;
+mod channels;
 mod conn;
 mod fanout;
 pub mod history;
@@ -30,7 +31,7 @@ pub mod shared;
 mod tests;
 mod timer;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::os::fd::RawFd;
 use std::rc::Rc;
@@ -43,9 +44,9 @@ use bytes::Bytes;
 use crate::metrics::{CloseReason, Counter, Gauge, LocalStats};
 use crate::protocol::frame::{OpCode, encode_close_frame, encode_server_frame};
 
+use channels::Channels;
 use conn::{AuthState, Conn, Endpoint, Input, Phase, Slab};
 use outqueue::FrameRef;
-use registry::Channel;
 use shared::Shared;
 use timer::{TimerEntry, TimerWheel};
 
@@ -169,18 +170,6 @@ const CLOSE_GRACE_MS: u64 = 2000;
 /// Time for a driver to report a `Close` done before it is forced.
 const RELEASE_GRACE_MS: u64 = 5000;
 
-/// A channel as one shard sees it: its local subscribers.
-struct ShardChannel {
-    channel: Arc<Channel>,
-    /// Live subscribers: every new message is queued to each.
-    subscribers: Vec<u32>,
-    /// Connections catching up (resume) or waiting for the shard to reach
-    /// the seq they start at; see `fanout`.
-    pending: Vec<u32>,
-    /// Highest seq fanned out here; anything at or below is skipped.
-    delivered_seq: u64,
-}
-
 /// One shard's state; see the module documentation.
 pub struct ShardCore {
     index: usize,
@@ -193,9 +182,7 @@ pub struct ShardCore {
     /// order they became so.
     flush_list: VecDeque<u32>,
     actions: VecDeque<Action>,
-    channels: Slab<ShardChannel>,
-    channel_slots: HashMap<u64, u32>,
-    subscriptions: u64,
+    channels: Channels,
     websockets: u64,
     slow: Vec<u32>,
     /// The server clock: ms since start, as last given by `tick`.
@@ -221,9 +208,7 @@ impl ShardCore {
             due: Vec::new(),
             flush_list: VecDeque::new(),
             actions: VecDeque::new(),
-            channels: Slab::new(),
-            channel_slots: HashMap::new(),
-            subscriptions: 0,
+            channels: Channels::default(),
             websockets: 0,
             slow: Vec::new(),
             now_ms,
@@ -479,7 +464,8 @@ impl ShardCore {
     pub fn publish_stats(&mut self) {
         self.stats
             .set(Gauge::ConnectionsOpen, self.conns.len() as u64);
-        self.stats.set(Gauge::Subscriptions, self.subscriptions);
+        self.stats
+            .set(Gauge::Subscriptions, self.channels.subscriptions());
         self.stats.set(Gauge::WebSocketsOpen, self.websockets);
         self.shared.shard_stats[self.index].publish(&self.stats);
         self.shared.shard_heartbeat[self.index].store(self.now_ms, Ordering::Relaxed);

@@ -689,3 +689,29 @@ fn a_frame_split_anywhere_is_read_the_same() {
         );
     }
 }
+
+#[test]
+fn the_last_subscriber_leaving_takes_the_channel_off_this_shard() {
+    let mut sim = Sim::new(config());
+    let a = sim.connect("/ws?channels=c");
+    let b = sim.connect("/ws?channels=c,d");
+    let c = sim.shared.registry.get("c").unwrap();
+    assert!(c.is_interested(0));
+    assert_eq!(sim.core.channels.subscriptions(), 3);
+    sim.recv(
+        a,
+        &client_text(r#"{"type":"unsubscribe","channels":["c"]}"#),
+    );
+    assert!(c.is_interested(0), "b is still on it");
+    sim.core.on_read_closed(b);
+    sim.run();
+    assert!(!c.is_interested(0), "the feed stops sending it here");
+    assert!(sim.core.channels.local(c.id).is_none());
+    assert_eq!(sim.core.channels.subscriptions(), 0);
+    // Subscribing again starts from the channel's seq at that moment.
+    sim.publish("c", "1");
+    sim.recv(a, &client_text(r#"{"type":"subscribe","channels":["c"]}"#));
+    sim.frames(a);
+    sim.publish("c", "2");
+    assert_eq!(seqs(&sim.frames(a)), vec![2]);
+}
