@@ -197,3 +197,89 @@ fn healthz_and_metrics_content() {
     }
     assert!(metrics.contains("Content-Type: text/plain; version=0.0.4"));
 }
+
+/// A GET upgrade smuggling frames in a body (`Content-Length`, or chunked)
+/// is refused: the body must never be read as WebSocket frames.
+#[test]
+fn an_upgrade_with_a_body_is_refused_and_its_body_never_runs() {
+    let server = Server::start(&[]);
+    let up = format!(
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {KEY}"
+    );
+    // A masked {"type":"ping"} frame: answered with a pong if it ever ran.
+    let frame = ringcast::protocol::frame::encode_client_frame(
+        true,
+        1,
+        br#"{"type":"ping"}"#,
+        [1, 2, 3, 4],
+    );
+    for framing in [
+        format!("Content-Length: {}", frame.len()),
+        "Transfer-Encoding: chunked".to_owned(),
+    ] {
+        let mut c = std::net::TcpStream::connect(server.addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut bytes = request("/ws?channels=a", &[&up, &framing]).into_bytes();
+        if framing.starts_with("Transfer") {
+            bytes.extend(format!("{:x}\r\n", frame.len()).as_bytes());
+            bytes.extend(&frame);
+            bytes.extend(b"\r\n0\r\n\r\n");
+        } else {
+            bytes.extend(&frame);
+        }
+        std::io::Write::write_all(&mut c, &bytes).unwrap();
+        let mut answer = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut c, &mut answer);
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 400"), "{framing}: {answer}");
+        assert!(answer.contains("must not have a body"), "{answer}");
+        assert!(!answer.contains("pong"), "the body ran: {answer}");
+    }
+}
+
+#[test]
+fn host_and_key_must_appear_once_and_absolute_targets_work() {
+    let server = Server::start(&[]);
+    let base = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13";
+    let key = format!("Sec-WebSocket-Key: {KEY}");
+    let other = "Sec-WebSocket-Key: AQIDBAUGBwgJCgsMDQ4PEA==";
+    let (status, text) = http_request(server.addr, &request("/ws", &[base, &key, other]));
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("Sec-WebSocket-Key"), "{text}");
+    let (status, text) = http_request(server.addr, "GET /healthz HTTP/1.1\r\n\r\n");
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("Host"), "{text}");
+    let (status, _) = http_request(
+        server.addr,
+        "GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    );
+    assert_eq!(status, 400);
+    // Absolute form, as proxies may send it.
+    let target = format!("http://{}/ws?channels=a", server.addr);
+    let (status, text) = http_request(server.addr, &request(&target, &[base, &key]));
+    assert_eq!(status, 101, "{text}");
+    let (status, text) = http_request(
+        server.addr,
+        &request(&format!("http://{}/healthz", server.addr), &[]),
+    );
+    assert_eq!(status, 200, "{text}");
+}
+
+/// A request and an immediate half-close (what `nc -N` and some health
+/// checkers send) still get their answer, every time.
+#[test]
+fn a_request_then_a_half_close_is_answered() {
+    let server = Server::start(&[]);
+    for i in 0..50 {
+        let mut c = std::net::TcpStream::connect(server.addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        std::io::Write::write_all(&mut c, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut answer = String::new();
+        let _ = std::io::Read::read_to_string(&mut c, &mut answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "attempt {i}: {answer:?}"
+        );
+    }
+}

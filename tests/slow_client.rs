@@ -80,7 +80,7 @@ fn slow_client_is_cut_fast_clients_lose_nothing_memory_bounded() {
         std::thread::spawn(move || {
             let deadline = std::time::Instant::now() + Duration::from_secs(60);
             while common::metric_sum(
-                &common::http_request(addr, "GET /metrics HTTP/1.1\r\n\r\n").1,
+                &common::http_request(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").1,
                 "ringcast_slow_client_disconnects_total",
                 &[],
             ) == 0

@@ -32,6 +32,10 @@ pub struct RequestHead {
     /// `X-Forwarded-For`, several headers joined with `,` in order; only
     /// believed from `--trusted-proxies`.
     pub forwarded_for: Option<String>,
+    /// The request says it has a body (`Content-Length` above 0, or any
+    /// `Transfer-Encoding`). A WebSocket upgrade must not: the bytes after
+    /// its head would otherwise be read as WebSocket frames.
+    pub has_body: bool,
 }
 
 /// Why a request head could not be parsed.
@@ -41,6 +45,8 @@ pub enum HeadError {
     Malformed,
     /// Head larger than [`MAX_REQUEST_HEAD`] or with too many headers.
     TooLarge,
+    /// Well-formed, but not a request HTTP/1.1 allows; the text says why.
+    Invalid(&'static str),
 }
 
 impl HeadError {
@@ -51,6 +57,9 @@ impl HeadError {
             }
             HeadError::TooLarge => {
                 http_response(431, "text/plain", b"request header fields too large\n", &[])
+            }
+            HeadError::Invalid(why) => {
+                http_response(400, "text/plain", format!("{why}\n").as_bytes(), &[])
             }
         }
     }
@@ -92,6 +101,7 @@ pub fn parse_request_head_limited(
     else {
         return Err(HeadError::Malformed);
     };
+    let target = origin_form(target);
     let (path, query) = match target.split_once('?') {
         Some((p, q)) => (p, q),
         None => (target, ""),
@@ -108,7 +118,9 @@ pub fn parse_request_head_limited(
         origin: None,
         protocols: Vec::new(),
         forwarded_for: None,
+        has_body: false,
     };
+    let mut hosts = 0;
     for h in req.headers.iter() {
         let Ok(value) = std::str::from_utf8(h.value) else {
             // Only the headers we read must be text; others may carry anything.
@@ -121,13 +133,27 @@ pub fn parse_request_head_limited(
             continue;
         };
         let name = h.name;
-        if name.eq_ignore_ascii_case("upgrade") {
+        if name.eq_ignore_ascii_case("host") {
+            hosts += 1;
+        } else if name.eq_ignore_ascii_case("content-length") {
+            match value.trim().parse::<u64>() {
+                Ok(0) => {}
+                Ok(_) => head.has_body = true,
+                Err(_) => return Err(HeadError::Invalid("malformed Content-Length")),
+            }
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            head.has_body = true;
+        } else if name.eq_ignore_ascii_case("upgrade") {
             head.upgrade_websocket |= has_token(value, "websocket");
         } else if name.eq_ignore_ascii_case("connection") {
             head.connection_upgrade |= has_token(value, "upgrade");
         } else if name.eq_ignore_ascii_case("sec-websocket-version") {
             head.ws_version = Some(value.trim().to_owned());
         } else if name.eq_ignore_ascii_case("sec-websocket-key") {
+            // RFC 6455 §4.1: exactly one.
+            if head.ws_key.is_some() {
+                return Err(HeadError::Invalid("more than one Sec-WebSocket-Key header"));
+            }
             head.ws_key = Some(value.trim().to_owned());
         } else if name.eq_ignore_ascii_case("origin") {
             head.origin = Some(value.trim().to_owned());
@@ -147,7 +173,31 @@ pub fn parse_request_head_limited(
             );
         }
     }
+    // RFC 9112 §3.2: an HTTP/1.1 request has exactly one Host header.
+    if head.minor_version >= 1 && hosts != 1 {
+        return Err(HeadError::Invalid(if hosts == 0 {
+            "HTTP/1.1 requests need a Host header"
+        } else {
+            "more than one Host header"
+        }));
+    }
     Ok(Some((head, len)))
+}
+
+/// The path-and-query of a request target: absolute-form targets
+/// (`http://host:port/ws?…`, RFC 9112 §3.2.2, as proxies send them) lose
+/// their scheme and authority.
+fn origin_form(target: &str) -> &str {
+    let Some((scheme, rest)) = target.split_once("://") else {
+        return target;
+    };
+    if !["http", "https", "ws", "wss"]
+        .iter()
+        .any(|s| scheme.eq_ignore_ascii_case(s))
+    {
+        return target;
+    }
+    rest.find(['/', '?']).map_or("/", |at| &rest[at..])
 }
 
 fn is_any(name: &str, names: &[&str]) -> bool {
@@ -183,6 +233,13 @@ impl Rejection {
 /// Checks that `head` is a valid RFC 6455 upgrade request and returns the
 /// `Sec-WebSocket-Accept` value for it.
 pub fn validate_upgrade(head: &RequestHead) -> Result<String, Rejection> {
+    if head.has_body {
+        // Anything after the head would be taken for WebSocket frames.
+        return Err(Rejection {
+            status: 400,
+            reason: "a WebSocket upgrade must not have a body (Content-Length or Transfer-Encoding)",
+        });
+    }
     if head.method != "GET" {
         return Err(Rejection {
             status: 405,
@@ -308,6 +365,72 @@ mod tests {
         parse_request_head(text.as_bytes()).unwrap().unwrap().0
     }
 
+    const KEY_HEADERS: &str =
+        "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+
+    #[test]
+    fn an_upgrade_with_a_body_is_refused() {
+        for body in [
+            "Content-Length: 20\r\n",
+            "Transfer-Encoding: chunked\r\n",
+            "Transfer-Encoding: identity\r\n",
+        ] {
+            let head = parse(&upgrade(&format!("{KEY_HEADERS}{body}")));
+            let rejection = validate_upgrade(&head).unwrap_err();
+            assert_eq!(rejection.status, 400, "{body}");
+            assert!(rejection.reason.contains("body"));
+        }
+        let head = parse(&upgrade(&format!("{KEY_HEADERS}Content-Length: 0\r\n")));
+        assert!(validate_upgrade(&head).is_ok(), "an empty body is no body");
+        let bad = upgrade(&format!("{KEY_HEADERS}Content-Length: lots\r\n"));
+        assert!(matches!(
+            parse_request_head(bad.as_bytes()),
+            Err(HeadError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn host_and_key_must_appear_exactly_once() {
+        let two_keys = upgrade(&format!(
+            "{KEY_HEADERS}Sec-WebSocket-Key: AQIDBAUGBwgJCgsMDQ4PEA==\r\n"
+        ));
+        assert_eq!(
+            parse_request_head(two_keys.as_bytes()),
+            Err(HeadError::Invalid("more than one Sec-WebSocket-Key header"))
+        );
+        let no_host = "GET /healthz HTTP/1.1\r\n\r\n";
+        assert_eq!(
+            parse_request_head(no_host.as_bytes()),
+            Err(HeadError::Invalid("HTTP/1.1 requests need a Host header"))
+        );
+        let two_hosts = "GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n";
+        assert_eq!(
+            parse_request_head(two_hosts.as_bytes()),
+            Err(HeadError::Invalid("more than one Host header"))
+        );
+        // HTTP/1.0 has no Host requirement.
+        assert!(parse_request_head(b"GET /healthz HTTP/1.0\r\n\r\n").is_ok());
+        let response = HeadError::Invalid("more than one Host header").response();
+        assert!(response.starts_with(b"HTTP/1.1 400 "));
+    }
+
+    #[test]
+    fn absolute_form_targets_are_accepted() {
+        let head =
+            parse("GET http://127.0.0.1:8080/ws?channels=a HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+        assert_eq!(
+            (head.path.as_str(), head.query.as_str()),
+            ("/ws", "channels=a")
+        );
+        let head = parse("GET HTTP://example.com HTTP/1.1\r\nHost: example.com\r\n\r\n");
+        assert_eq!(head.path, "/");
+        let head = parse("GET /ws?next=http://x/ HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(
+            (head.path.as_str(), head.query.as_str()),
+            ("/ws", "next=http://x/")
+        );
+    }
+
     #[test]
     fn rfc_example_accept_key() {
         // RFC 6455 §1.3
@@ -333,7 +456,7 @@ mod tests {
     #[test]
     fn tokens_are_case_insensitive_lists() {
         let head = parse(
-            "GET /ws HTTP/1.1\r\nUpgrade: WebSocket\r\nConnection: keep-alive, UPGRADE\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+            "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: WebSocket\r\nConnection: keep-alive, UPGRADE\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
         );
         assert!(validate_upgrade(&head).is_ok());
     }
