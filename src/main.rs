@@ -1,4 +1,4 @@
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write as _};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -17,7 +17,8 @@ fn main() -> ExitCode {
             let config = match ServeConfig::load(args.config.as_deref(), &args.given()) {
                 Ok(c) => c,
                 Err(e) => {
-                    eprintln!("ringcast: {e}");
+                    // Not eprintln!: a closed stderr must not turn this into a panic.
+                    let _ = writeln!(std::io::stderr(), "ringcast: {e}");
                     return ExitCode::from(2);
                 }
             };
@@ -135,10 +136,14 @@ fn publish(args: PublishArgs) -> ExitCode {
 }
 
 /// Logs go to stderr; `RINGCAST_LOG` (e.g. `debug`, `ringcast=trace`) sets the level.
+/// Losing the log sink (a closed pipe: `ringcast serve | head`) never takes the
+/// server down: a line that cannot be written is dropped, not reported on the
+/// same broken stderr (which would panic).
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("RINGCAST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
+        .log_internal_errors(false)
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)

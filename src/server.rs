@@ -244,8 +244,7 @@ fn bind_listeners(addr: SocketAddr, count: usize) -> Result<Vec<Socket>, StartEr
     // SO_REUSEPORT would silently share the port with another ringcast
     // already running there; a plain bind first detects that.
     if addr.port() != 0 {
-        let probe = new_socket(addr, false).map_err(fail)?;
-        probe.bind(&addr.into()).map_err(fail)?;
+        bind_probe(addr).map_err(fail)?;
     }
     let mut listeners = Vec::with_capacity(count);
     let mut bound = addr;
@@ -262,6 +261,35 @@ fn bind_listeners(addr: SocketAddr, count: usize) -> Result<Vec<Socket>, StartEr
         listeners.push(socket);
     }
     Ok(listeners)
+}
+
+/// How long a busy port is retried at start: a process killed with -9 keeps
+/// its listener for some milliseconds while the kernel tears its io_uring
+/// down, and a restart right after it should wait that out, not fail.
+const BIND_RETRY: Duration = Duration::from_secs(2);
+
+/// Binds (and drops) a plain socket on `addr`, retrying a port still in use
+/// for up to [`BIND_RETRY`].
+fn bind_probe(addr: SocketAddr) -> std::io::Result<()> {
+    let deadline = Instant::now() + BIND_RETRY;
+    let mut logged = false;
+    loop {
+        let probe = new_socket(addr, false)?;
+        match probe.bind(&addr.into()) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) && Instant::now() < deadline => {
+                if !logged {
+                    tracing::info!(
+                        "{addr} is in use; retrying for up to {} s (a previous server may still be closing)",
+                        BIND_RETRY.as_secs()
+                    );
+                    logged = true;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// The socket systemd passed, duplicated for every shard: they all accept
@@ -305,6 +333,8 @@ pub fn serve(config: ServeConfig) -> Result<(), StartError> {
             Err(e) => tracing::error!("cannot listen for SIGHUP: {e}"),
         }
         let feeds = bind_feeds(&config, &running.udp_inode)?;
+        // Everything a client or publisher can reach exists now: healthy.
+        running.shared.ready.store(true, Relaxed);
         print_summary(&config, &running, &feeds);
         let (tx, rx) = mpsc::channel(INGEST_QUEUE);
         let stats = running.feed.clone();

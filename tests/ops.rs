@@ -342,3 +342,103 @@ fn sighup_without_authentication_is_harmless() {
     );
     assert_eq!(server.get("/healthz").0, 200);
 }
+
+/// `ringcast serve 2>&1 | head -5`: once the reader of its log is gone, every
+/// line it writes fails (EPIPE); the server must go on serving and still
+/// drain and exit 0 on SIGTERM (writing more lines into the void).
+#[test]
+fn losing_the_log_pipe_never_takes_the_server_down() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--udp",
+            "off",
+            "--unix",
+            "off",
+        ])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr: std::net::SocketAddr = loop {
+        let line = lines.next().expect("a start-up line").unwrap();
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            break rest.split(';').next().unwrap().parse().unwrap();
+        }
+    };
+    drop(lines);
+    // SIGHUP logs a line each time; a client connecting and a request, too
+    // at debug level; the drain logs several.
+    for _ in 0..3 {
+        // SAFETY (test): kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    }
+    let mut c = RawClient::connect(addr, "/ws");
+    c.read_welcome();
+    assert_eq!(
+        common::http_request(addr, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").0,
+        200
+    );
+    // SAFETY (test): as above.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let close = c.read_non_ping().expect("a close frame");
+    assert_eq!(close.close_code(), Some(1001));
+    drop(c);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "a broken log pipe must not kill the server"
+    );
+}
+
+/// Killed with -9, a server's listener lingers for a moment while the kernel
+/// tears its ring down; the next server on the same port waits that out.
+#[test]
+fn a_restart_right_after_kill_9_gets_the_same_port() {
+    for _ in 0..5 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut first = Server::start(&["--listen", &listen]);
+        let mut c = RawClient::connect(first.addr, "/ws");
+        c.read_welcome();
+        // Restart at once, before the killed process is even reaped.
+        first.signal(libc::SIGKILL);
+        let second = Server::start(&["--listen", &listen]);
+        assert_eq!(second.get("/healthz").0, 200, "{}", second.log());
+        assert!(
+            first.wait_exit(Duration::from_secs(10)).is_none(),
+            "killed: no exit code"
+        );
+    }
+}
+
+/// Healthy means fully started: the feed sockets exist.
+#[test]
+fn healthy_means_the_feed_sockets_are_there() {
+    let server = Server::start(&["--unix", "feed.sock", "--udp", "127.0.0.1:0"]);
+    assert_eq!(server.get("/healthz").0, 200);
+    assert!(server.unix.as_ref().unwrap().exists());
+    std::os::unix::net::UnixStream::connect(server.unix.as_ref().unwrap()).expect("unix feed");
+    assert!(server.udp.is_some());
+}

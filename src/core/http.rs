@@ -61,6 +61,8 @@ impl ShardCore {
                         "/healthz" => {
                             if self.shared.is_draining() {
                                 http_response(503, "text/plain", b"draining\n", &[])
+                            } else if !self.shared.is_ready() {
+                                http_response(503, "text/plain", b"starting\n", &[])
                             } else {
                                 http_response(200, "text/plain", b"ok\n", &[])
                             }

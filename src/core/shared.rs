@@ -11,6 +11,10 @@ use super::registry::Registry;
 
 pub struct Shared {
     pub shard_stats: Vec<SharedStats>,
+    /// Fully started: listeners, shards and feed sockets all up (what
+    /// systemd's READY=1 says). Until then `/healthz` answers 503, so a
+    /// publisher that waits for health finds its socket there.
+    pub ready: AtomicBool,
     pub draining: AtomicBool,
     pub registry: Registry,
     /// Identifies this run of the server (random, new at each start), so
@@ -39,6 +43,7 @@ impl Shared {
     ) -> Shared {
         Shared {
             shard_stats: (0..shards).map(|_| SharedStats::default()).collect(),
+            ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             registry: Registry::new(shards, max_channels),
             epoch,
@@ -59,5 +64,9 @@ impl Shared {
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Relaxed)
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Relaxed)
     }
 }

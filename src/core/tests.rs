@@ -82,6 +82,7 @@ impl Sim {
     }
 
     fn with_shared(config: CoreConfig, shared: Arc<Shared>) -> Sim {
+        shared.ready.store(true, Ordering::Relaxed);
         Sim {
             core: ShardCore::new(0, Arc::new(config), shared.clone(), 0),
             shared,
@@ -714,4 +715,36 @@ fn the_last_subscriber_leaving_takes_the_channel_off_this_shard() {
     sim.frames(a);
     sim.publish("c", "2");
     assert_eq!(seqs(&sim.frames(a)), vec![2]);
+}
+
+#[test]
+fn healthz_says_starting_until_the_server_is_fully_up() {
+    let shared = Arc::new(Shared::new(
+        1,
+        10,
+        PeerLimits::new(0, 0, false),
+        "e1".into(),
+        0,
+    ));
+    let mut sim = Sim {
+        core: ShardCore::new(0, Arc::new(config()), shared.clone(), 0),
+        shared,
+        now: 0,
+        iov: Vec::new(),
+        peers: HashMap::new(),
+        by_fd: HashMap::new(),
+        next_fd: 100,
+        auto_complete: true,
+        metrics_requests: Vec::new(),
+    };
+    let early = sim.accept();
+    sim.recv(early, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    let answer = sim.rest_text(early);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.ends_with("starting\n"), "{answer}");
+    // The feed sockets are bound: the server says it is ready.
+    sim.shared.ready.store(true, Ordering::Relaxed);
+    let later = sim.accept();
+    sim.recv(later, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(sim.rest_text(later).starts_with("HTTP/1.1 200"));
 }
