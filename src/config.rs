@@ -461,8 +461,9 @@ fn parse_size(value: &str, min: u64, max: u64) -> Result<u64, String> {
     }
 }
 
-/// `30s`, `500ms`, `2m`; a bare number is seconds, as in systemd.
-fn parse_duration(value: &str) -> Result<Duration, String> {
+/// `30s`, `500ms`, `2m`; a bare number is seconds, as in systemd. Every
+/// duration ringcast takes (settings, `bench`, `token`) is read this way.
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
     let value = value.trim();
     if let Ok(seconds) = value.parse::<u64>() {
         return Ok(Duration::from_secs(seconds));

@@ -44,7 +44,7 @@ fn main() -> ExitCode {
 }
 
 fn token(args: TokenArgs) -> ExitCode {
-    let Ok(ttl) = humantime::parse_duration(&args.ttl) else {
+    let Ok(ttl) = ringcast::config::parse_duration(&args.ttl) else {
         eprintln!(
             "ringcast token: invalid --ttl '{}': expected e.g. 15m, 1h",
             args.ttl
@@ -65,7 +65,7 @@ fn token(args: TokenArgs) -> ExitCode {
 
 fn bench(args: BenchArgs) -> ExitCode {
     let duration = |s: &str, flag: &str| {
-        humantime::parse_duration(s).map_err(|_| format!("invalid {flag} '{s}': expected e.g. 10s"))
+        ringcast::config::parse_duration(s).map_err(|why| format!("invalid {flag} '{s}': {why}"))
     };
     let parsed = (|| {
         Ok::<_, String>(ringcast::bench::BenchOptions {

@@ -94,6 +94,12 @@ pub fn run(options: &PublishOptions, data: Option<&str>) -> Result<u64, PublishE
             sent += 1;
         }
         None => {
+            if io::IsTerminal::is_terminal(&io::stdin()) {
+                let _ = writeln!(
+                    io::stderr(),
+                    "ringcast publish: no DATA given: publishing each line you type (Ctrl-D to end)"
+                );
+            }
             for line in io::stdin().lock().lines() {
                 let line = line.map_err(|e| PublishError::io(format!("cannot read stdin: {e}")))?;
                 let line = line.strip_suffix('\r').unwrap_or(&line);

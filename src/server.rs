@@ -462,7 +462,19 @@ fn bind_feeds(config: &ServeConfig, udp_inode: &AtomicU64) -> Result<Feeds, Star
     let udp = match config.udp {
         Some(addr) => {
             let socket = ingest::bind_udp(addr)
-                .map_err(|e| StartError(format!("cannot bind the UDP feed on {addr}: {e}")))?;
+                .map_err(|e| {
+                    let hint = match e.raw_os_error() {
+                        Some(libc::EADDRINUSE) => {
+                            " (address already in use: another ringcast or another program has it; stop it, pick another --udp, or --udp off)"
+                        }
+                        Some(libc::EACCES) => {
+                            " (permission denied: ports below 1024 need CAP_NET_BIND_SERVICE)"
+                        }
+                        Some(libc::EADDRNOTAVAIL) => " (that IP address is not on this host)",
+                        _ => "",
+                    };
+                    StartError(format!("cannot bind the UDP feed on {addr}: {e}{hint}"))
+                })?;
             let bound = socket.local_addr().unwrap_or(addr);
             udp_inode.store(socket_inode(socket.as_fd()), Relaxed);
             Some((bound, socket))

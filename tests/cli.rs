@@ -57,3 +57,13 @@ fn port_in_use_is_a_clear_error() {
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("address already in use"), "{stderr}");
 }
+
+#[test]
+fn udp_port_in_use_says_what_to_do() {
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (code, stderr) = serve(&["--listen", "127.0.0.1:0", "--udp", &addr, "--unix", "off"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("address already in use"), "{stderr}");
+    assert!(stderr.contains("--udp off"), "the fix: {stderr}");
+}

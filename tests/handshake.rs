@@ -196,6 +196,16 @@ fn healthz_and_metrics_content() {
         assert!(metrics.contains(name), "missing {name} in\n{metrics}");
     }
     assert!(metrics.contains("Content-Type: text/plain; version=0.0.4"));
+    // The README documents every metric served, with its type.
+    let readme = include_str!("../README.md");
+    for line in metrics.lines().filter(|l| l.starts_with("# TYPE ")) {
+        let mut parts = line[7..].split(' ');
+        let (name, kind) = (parts.next().unwrap(), parts.next().unwrap());
+        assert!(
+            readme.contains(&format!("| `{name}` | {kind} |")),
+            "README.md's metrics table has no row for {name} ({kind})"
+        );
+    }
 }
 
 /// A GET upgrade smuggling frames in a body (`Content-Length`, or chunked)

@@ -38,7 +38,7 @@ pub struct TokenArgs {
     /// Channels the token allows: names, `prefix*`, or `*` for all.
     #[arg(long, value_name = "A,B", value_delimiter = ',', required = true)]
     pub channels: Vec<String>,
-    /// Lifetime [default: 1h]. Prefer short ones: tokens in URLs end up in proxy logs.
+    /// Lifetime. Prefer short ones: tokens in URLs end up in proxy logs.
     #[arg(long, value_name = "DURATION", default_value = "1h")]
     pub ttl: String,
     /// Who the token is for (recorded in the token, not checked).
