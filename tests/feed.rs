@@ -224,3 +224,45 @@ fn publish_without_a_server_is_a_clear_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// The publishing examples in examples/publish/ work as their comments say,
+/// over both sockets (Go's only where a Go toolchain is installed).
+#[test]
+fn publishing_examples_work_over_unix_and_udp() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/publish");
+    let server = Server::start(&["--udp", "127.0.0.1:0", "--unix", "feed.sock"]);
+    let unix = server.unix.clone().unwrap();
+    let udp = server.udp.unwrap().to_string();
+    let mut sub = RawClient::connect(server.addr, "/ws?channels=prices");
+    sub.read_welcome();
+    let has = |tool: &str| Command::new(tool).arg("--version").output().is_ok();
+    let mut runners: Vec<(&str, Vec<String>)> = vec![
+        ("python3", vec![format!("{dir}/publish.py")]),
+        ("node", vec![format!("{dir}/publish.js")]),
+    ];
+    if has("go") {
+        runners.push(("go", vec!["run".into(), format!("{dir}/publish.go")]));
+    } else {
+        println!("no Go toolchain here: examples/publish/publish.go not run");
+    }
+    let mut seq = 0;
+    for (tool, args) in &runners {
+        for (transport, target) in [("unix", unix.to_str().unwrap()), ("udp", udp.as_str())] {
+            let out = Command::new(tool)
+                .args(args)
+                .args([transport, target, "prices", r#"{"EURUSD": 1.0842}"#])
+                .output()
+                .unwrap_or_else(|e| panic!("run {tool}: {e}"));
+            assert!(
+                out.status.success(),
+                "{tool} {transport}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            seq += 1;
+            let frame = sub.read_frame().expect("the published message");
+            let v: serde_json::Value = serde_json::from_str(frame.text()).unwrap();
+            assert_eq!(v["seq"], seq, "{tool} {transport}: {v}");
+            assert_eq!(v["data"]["EURUSD"], 1.0842, "{tool} {transport}: {v}");
+        }
+    }
+}
