@@ -152,13 +152,20 @@
       self._scheduleReconnect("closed (" + event.code + (event.reason ? " " + event.reason : "") + ")");
     };
     ws.onerror = function () {
-      // onclose follows and handles the reconnect.
+      // Some implementations (Node 20's WebSocket on a refused connection)
+      // fire error and never close: reconnect on whichever comes first; the
+      // other is then ignored, since `ws` is no longer the current socket.
+      self._drop(ws, "connection error");
     };
   };
 
   /* Abandons `ws` (dead or stuck) and reconnects. */
   Ringcast.prototype._drop = function (ws, why) {
     if (ws !== this.ws) return;
+    // Forgotten before it is closed: closing a socket that is still
+    // connecting fires its error (and close) events at once, which must not
+    // come back here.
+    this.ws = null;
     try { ws.close(); } catch (e) { /* already closing */ }
     this._scheduleReconnect(why);
   };

@@ -16,7 +16,9 @@ const rc = new Ringcast(url, {
   minDelay: 100,
   maxDelay: 400,
   stableAfter: 500,
-  connectTimeout: 500,
+  // Long on purpose: a refused connection must lead to a reconnect at once,
+  // not only when this timeout gives up on it.
+  connectTimeout: 30000,
   pingInterval: 200,
   pingTimeout: 300,
   onMessage: (channel, data, seq) => log("message", { channel, seq, data }),
