@@ -5,6 +5,10 @@
 //! fanning out; the page comes back through its inbox. Requests that arrive
 //! while a page is being rendered are answered with the next one, so any
 //! number of scrapes at once costs one render.
+//!
+//! With `--metrics-listen ADDR` the page is served on that address instead
+//! (`serve_on`): a plain blocking listener on a thread of its own, for a
+//! private address that only the monitoring system reaches.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -29,10 +33,17 @@ pub struct MetricsSource {
     pub udp_inode: Arc<AtomicU64>,
     pub started: Instant,
     pub io: Io,
+    /// The busiest-channels section, the one part whose cost grows with the
+    /// channel count: recomputed at most once per [`BUSIEST_REFRESH`].
+    pub busiest: std::sync::Mutex<Option<(Instant, String)>>,
 }
 
+/// How stale the busiest-channels lines may be (a scrape every few seconds
+/// sees them fresh; a flood of scrapes does not redo them each time).
+const BUSIEST_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Starts the renderer thread; shards send their requests to the desk.
-pub fn start(source: MetricsSource) -> std::io::Result<MetricsDesk> {
+pub fn start(source: Arc<MetricsSource>) -> std::io::Result<MetricsDesk> {
     let (tx, rx) = std::sync::mpsc::channel::<MetricsRequest>();
     std::thread::Builder::new()
         .name("metrics".into())
@@ -56,6 +67,64 @@ pub fn start(source: MetricsSource) -> std::io::Result<MetricsDesk> {
             }
         })?;
     Ok(MetricsDesk { requests: tx })
+}
+
+/// Longest a metrics client may take to send its request.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Serves `/metrics` on `addr` from a thread of its own; returns the bound
+/// address (port 0 picks one).
+pub fn serve_on(
+    addr: std::net::SocketAddr,
+    source: Arc<MetricsSource>,
+) -> std::io::Result<std::net::SocketAddr> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    let bound = listener.local_addr()?;
+    std::thread::Builder::new()
+        .name("metrics-listen".into())
+        .spawn(move || {
+            for stream in listener.incoming().flatten() {
+                // One at a time: a private address, scraped every few seconds.
+                let _ = answer(stream, &source);
+            }
+        })?;
+    Ok(bound)
+}
+
+/// Reads one request (bounded in size and time) and answers it.
+fn answer(mut stream: std::net::TcpStream, source: &MetricsSource) -> std::io::Result<()> {
+    use crate::protocol::handshake::{http_response, parse_request_head};
+    use std::io::{Read, Write};
+    stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
+    stream.set_write_timeout(Some(REQUEST_TIMEOUT))?;
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    let response = loop {
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        match parse_request_head(&buf) {
+            Ok(None) => continue,
+            Err(e) => break e.response(),
+            Ok(Some((head, _))) => {
+                break match (head.method.as_str(), head.path.as_str()) {
+                    ("GET", "/metrics") => http_response(
+                        200,
+                        "text/plain; version=0.0.4",
+                        source.render().as_bytes(),
+                        &[],
+                    ),
+                    (_, "/metrics") => {
+                        http_response(405, "text/plain", b"only GET\n", &[("Allow", "GET")])
+                    }
+                    _ => http_response(404, "text/plain", b"not found: GET /metrics\n", &[]),
+                };
+            }
+        }
+    };
+    stream.write_all(&response)
 }
 
 impl MetricsSource {
@@ -172,8 +241,19 @@ impl MetricsSource {
             "Messages published per channel (the 100 busiest channels only).",
             "counter",
         );
-        for (channel, count) in self.shared.registry.busiest(METRICS_CHANNELS) {
-            let _ = writeln!(out, "{name}{{channel=\"{channel}\"}} {count}");
+        let mut cache = self.busiest.lock().unwrap_or_else(|e| e.into_inner());
+        let fresh = cache
+            .as_ref()
+            .is_some_and(|(at, _)| at.elapsed() < BUSIEST_REFRESH);
+        if !fresh {
+            let mut lines = String::new();
+            for (channel, count) in self.shared.registry.busiest(METRICS_CHANNELS) {
+                let _ = writeln!(lines, "{name}{{channel=\"{channel}\"}} {count}");
+            }
+            *cache = Some((Instant::now(), lines));
+        }
+        if let Some((_, lines)) = cache.as_ref() {
+            out.push_str(lines);
         }
     }
 

@@ -76,6 +76,8 @@ pub struct Running {
     pub open_files: u64,
     pub max_connections: usize,
     pub io: Io,
+    /// Where `/metrics` is served, when not on `listen`.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// The bound feed sockets.
@@ -139,6 +141,7 @@ pub fn start(config: &ServeConfig) -> Result<Running, StartError> {
         max_request_header: config.max_request_header,
         client_bytes_rate: config.client_bytes_rate.min(u64::from(u32::MAX / 4)) as u32,
         client_rate: config.client_rate,
+        serve_metrics: config.metrics_listen.is_none(),
     });
     let driver_config = Arc::new(DriverConfig {
         io,
@@ -163,14 +166,24 @@ pub fn start(config: &ServeConfig) -> Result<Running, StartError> {
     ));
     let feed = Arc::new(FeedStats::default());
     let udp_inode = Arc::new(AtomicU64::new(0));
-    let metrics = crate::admin::start(crate::admin::MetricsSource {
+    let source = Arc::new(crate::admin::MetricsSource {
         shared: shared.clone(),
         feed: feed.clone(),
         udp_inode: udp_inode.clone(),
         started,
         io,
-    })
-    .map_err(|e| StartError(format!("cannot start the metrics thread: {e}")))?;
+        busiest: Default::default(),
+    });
+    let metrics = crate::admin::start(source.clone())
+        .map_err(|e| StartError(format!("cannot start the metrics thread: {e}")))?;
+    let metrics_listen = match config.metrics_listen {
+        Some(addr) => Some(crate::admin::serve_on(addr, source).map_err(|e| {
+            StartError(format!(
+                "cannot listen for metrics on {addr} (--metrics-listen): {e}"
+            ))
+        })?),
+        None => None,
+    };
     let mut shards = Vec::with_capacity(shard_count);
     for (index, listener) in listeners.into_iter().enumerate() {
         let cpu = cpus[index % cpus.len()];
@@ -201,6 +214,7 @@ pub fn start(config: &ServeConfig) -> Result<Running, StartError> {
         open_files,
         max_connections,
         io,
+        metrics_listen,
     })
 }
 
@@ -521,7 +535,7 @@ fn print_summary(config: &ServeConfig, running: &Running, feeds: &Feeds) {
         list.join(", ")
     };
     tracing::info!(
-        "ringcast {} listening on {}{}; {} shard(s) on CPU(s) {cpu_list}, io driver {}; feeds: {feeds}; open files limit {}; max connections {}{}",
+        "ringcast {} listening on {}{}; {} shard(s) on CPU(s) {cpu_list}, io driver {}; feeds: {feeds}; {}open files limit {}; max connections {}{}",
         env!("CARGO_PKG_VERSION"),
         running.listen,
         if running.inherited_listener {
@@ -531,6 +545,9 @@ fn print_summary(config: &ServeConfig, running: &Running, feeds: &Feeds) {
         },
         running.shards.len(),
         running.io.label(),
+        running
+            .metrics_listen
+            .map_or(String::new(), |a| format!("metrics on {a}; ")),
         running.open_files,
         running.max_connections,
         if config.echo { "; /echo enabled" } else { "" },

@@ -293,3 +293,32 @@ fn a_request_then_a_half_close_is_answered() {
         );
     }
 }
+
+#[test]
+fn metrics_on_a_listener_of_their_own() {
+    let server = Server::start(&["--metrics-listen", "127.0.0.1:0"]);
+    let line = server
+        .wait_for_log("listening on", Duration::from_secs(5))
+        .unwrap();
+    let addr: std::net::SocketAddr = line
+        .split("metrics on ")
+        .nth(1)
+        .and_then(|rest| rest.split(';').next())
+        .expect("the start-up line names the metrics address")
+        .parse()
+        .unwrap();
+    let (status, text) = http_request(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        text.contains("ringcast_connections_open{shard=\"0\"}"),
+        "{text}"
+    );
+    let (status, _) = http_request(addr, "GET /ws HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status, 404, "only metrics there");
+    let (status, _) = http_request(addr, "garbage\r\n\r\n");
+    assert_eq!(status, 400);
+    // Not on the public listener any more.
+    let (status, text) = server.get("/metrics");
+    assert_eq!(status, 404, "{text}");
+    assert_eq!(server.get("/healthz").0, 200);
+}

@@ -67,6 +67,12 @@ impl ShardCore {
                                 http_response(200, "text/plain", b"ok\n", &[])
                             }
                         }
+                        "/metrics" if !self.config.serve_metrics => http_response(
+                            404,
+                            "text/plain",
+                            b"not found (metrics are served on the metrics listener)\n",
+                            &[],
+                        ),
                         "/metrics" if head.method == "GET" => {
                             // Rendered off the shard: a scrape must not stall
                             // fan-out. The answer comes back in on_response.

@@ -80,6 +80,8 @@ pub struct CoreConfig {
     pub max_request_header: usize,
     /// Bytes per second a `/ws` client may send.
     pub client_bytes_rate: u32,
+    /// `/metrics` is served on this listener (not when it has one of its own).
+    pub serve_metrics: bool,
 }
 
 impl Default for CoreConfig {
@@ -103,6 +105,7 @@ impl Default for CoreConfig {
             allowed_origins: Vec::new(),
             max_request_header: 8192,
             client_bytes_rate: 65536,
+            serve_metrics: true,
         }
     }
 }
