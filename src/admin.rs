@@ -257,14 +257,16 @@ impl MetricsSource {
         }
     }
 
-    /// The kernel's drop counter of the UDP feed socket (from /proc/net/udp*).
+    /// The kernel's drop counter of the UDP feed socket, from this process's
+    /// own view of its network namespace: `/proc/self/net/udp*` is there
+    /// under systemd's `ProcSubset=pid`, which hides `/proc/net`.
     fn udp_drops(&self) -> u64 {
         let inode = self.udp_inode.load(Relaxed);
         if inode == 0 {
             return 0;
         }
         let inode = inode.to_string();
-        ["/proc/net/udp", "/proc/net/udp6"]
+        ["/proc/self/net/udp", "/proc/self/net/udp6"]
             .iter()
             .filter_map(|p| std::fs::read_to_string(p).ok())
             .flat_map(|text| {

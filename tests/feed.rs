@@ -266,3 +266,27 @@ fn publishing_examples_work_over_unix_and_udp() {
         }
     }
 }
+
+/// UDP datagrams the kernel drops (the socket's buffer full) are counted,
+/// also under the systemd unit's sandbox, whose /proc has no /proc/net.
+#[test]
+fn udp_drops_are_counted_under_the_units_proc() {
+    let Some(server) = Server::start_with_pid_only_proc(&["--udp", "127.0.0.1:0"]) else {
+        println!("needs root and unshare: UDP drops under ProcSubset=pid not checked here");
+        return;
+    };
+    let udp = server.udp.unwrap();
+    assert_eq!(server.metric("ringcast_feed_udp_drops_total", &[]), 0);
+    // Stopped, it reads nothing: 20 MB of datagrams overflow its buffer.
+    server.signal(libc::SIGSTOP);
+    let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let datagram = format!(r#"{{"channel":"c","data":"{}"}}"#, "x".repeat(1000));
+    for _ in 0..20_000 {
+        let _ = sender.send_to(datagram.as_bytes(), udp);
+    }
+    server.signal(libc::SIGCONT);
+    let drops = server.wait_metric("ringcast_feed_udp_drops_total", &[], |v| v > 0);
+    assert!(drops > 0, "the kernel's drops are not counted");
+    let received = server.wait_metric("ringcast_feed_messages_total", &["udp"], |v| v > 0);
+    assert!(received + drops <= 20_000, "{received} + {drops}");
+}

@@ -88,6 +88,35 @@ impl Server {
         Server::launch(cmd, args)
     }
 
+    /// As [`Server::start`], with `/proc` mounted as systemd's
+    /// `ProcSubset=pid` + `ProtectProc=invisible` mount it (no `/proc/net`),
+    /// in a mount namespace of its own. Needs root and `unshare`; `None`
+    /// where those are missing.
+    pub fn start_with_pid_only_proc(args: &[&str]) -> Option<Server> {
+        let usable = Command::new("unshare")
+            .args(["--mount", "true"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !usable {
+            return None;
+        }
+        let mut cmd = Command::new("unshare");
+        cmd.args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            r#"mount -t proc -o subset=pid,hidepid=invisible proc /proc && exec "$0" "$@""#,
+            BIN,
+            "serve",
+        ]);
+        if !args.contains(&"--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        Some(Server::launch(cmd, args))
+    }
+
     /// Runs `cmd` (ringcast serve, its arguments up to `args`), feeds off
     /// unless `args` set them, and waits for its start-up line.
     fn launch(mut cmd: Command, args: &[&str]) -> Server {
