@@ -128,7 +128,7 @@ fn round_trip(mut ring: IoUring) -> Result<(), Unavailable> {
 
 fn seccomp_fix() -> &'static str {
     "allow io_uring_setup, io_uring_enter and io_uring_register in the seccomp profile \
-     (Docker: --security-opt seccomp=<a profile allowing them>; systemd: SystemCallFilter=@io_uring)"
+     (Docker: --security-opt seccomp=<a profile allowing them>; systemd: add them to SystemCallFilter=)"
 }
 
 fn setup_refused(e: &std::io::Error) -> Unavailable {

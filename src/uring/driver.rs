@@ -355,7 +355,7 @@ fn explain_setup_error(e: io::Error) -> io::Error {
             "io_uring is disabled for this process: either the sysctl kernel.io_uring_disabled is 1 or 2 \
              (fix: `sysctl -w kernel.io_uring_disabled=0`, or set kernel.io_uring_group to a group this user is in), \
              or a seccomp filter blocks it (Docker's default profile does: run with --security-opt seccomp=<profile allowing io_uring_setup/io_uring_enter/io_uring_register>; \
-             under systemd, make sure SystemCallFilter= allows @io_uring or io_uring_setup)"
+             under systemd, make sure SystemCallFilter= allows io_uring_setup, io_uring_enter and io_uring_register)"
         }
         Some(libc::ENOSYS) => {
             "this kernel has no io_uring (CONFIG_IO_URING=n) or a seccomp filter returns ENOSYS for it \
