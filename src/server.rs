@@ -427,7 +427,8 @@ async fn drain(
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + config.drain_timeout;
     loop {
-        if running.shared.websockets_open() == 0 {
+        // Counts are only final once every shard has handled the drain.
+        if running.shared.drain_acknowledged() && running.shared.websockets_open() == 0 {
             tracing::info!("drained in {} ms", started.elapsed().as_millis());
             return;
         }

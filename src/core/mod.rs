@@ -438,6 +438,10 @@ impl ShardCore {
             );
             self.close_with(slot, Some(frame), CloseReason::Shutdown);
         }
+        // The control plane waits for the count of open WebSockets to reach
+        // 0; publish it now (still counting these), then say so.
+        self.publish_stats();
+        self.shared.drain_acks.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Closes every connection at once; the driver stops once they are released.

@@ -16,6 +16,10 @@ pub struct Shared {
     /// publisher that waits for health finds its socket there.
     pub ready: AtomicBool,
     pub draining: AtomicBool,
+    /// Shards that have handled the drain (sent their 1001s and published
+    /// their counts): until all have, an open-connection count of 0 may
+    /// only mean a shard has not published yet.
+    pub drain_acks: AtomicUsize,
     pub registry: Registry,
     /// Identifies this run of the server (random, new at each start), so
     /// clients can tell that their seqs belong to an earlier run.
@@ -45,6 +49,7 @@ impl Shared {
             shard_stats: (0..shards).map(|_| SharedStats::default()).collect(),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            drain_acks: AtomicUsize::new(0),
             registry: Registry::new(shards, max_channels),
             epoch,
             connections: AtomicUsize::new(0),
@@ -64,6 +69,11 @@ impl Shared {
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Relaxed)
+    }
+
+    /// Every shard has handled the drain and published what it still holds.
+    pub fn drain_acknowledged(&self) -> bool {
+        self.drain_acks.load(Relaxed) >= self.shard_stats.len()
     }
 
     pub fn is_ready(&self) -> bool {

@@ -577,8 +577,13 @@ fn drain_closes_every_websocket_with_1001_and_answers_503() {
         sim.frames(c);
     }
     sim.shared.draining.store(true, Ordering::Relaxed);
+    assert!(!sim.shared.drain_acknowledged());
     sim.core.drain();
     sim.run();
+    // The shard says it has handled the drain only with its counts
+    // published: the control plane must not see 0 clients before that.
+    assert!(sim.shared.drain_acknowledged());
+    assert_eq!(sim.shared.websockets_open(), 5);
     for &c in &clients {
         let frames = sim.frames(c);
         assert_eq!(frames[0].close_code(), Some(1001));
