@@ -243,16 +243,10 @@ fn connection_budget(config: &ServeConfig, open_files: u64, shards: usize) -> us
 /// spreads incoming connections across them.
 fn bind_listeners(addr: SocketAddr, count: usize) -> Result<Vec<Socket>, StartError> {
     let fail = |e: std::io::Error| {
-        let hint = match e.raw_os_error() {
-            Some(libc::EADDRINUSE) => {
-                " (address already in use: another ringcast or another server is listening there; stop it or pick another --listen)"
-            }
-            Some(libc::EACCES) => {
-                " (permission denied: ports below 1024 need CAP_NET_BIND_SERVICE)"
-            }
-            Some(libc::EADDRNOTAVAIL) => " (that IP address is not on this host)",
-            _ => "",
-        };
+        let hint = bind_hint(
+            &e,
+            "another ringcast or another server is listening there; stop it or pick another --listen",
+        );
         StartError(format!("cannot listen on {addr}: {e}{hint}"))
     };
     // SO_REUSEPORT would silently share the port with another ringcast
@@ -275,6 +269,19 @@ fn bind_listeners(addr: SocketAddr, count: usize) -> Result<Vec<Socket>, StartEr
         listeners.push(socket);
     }
     Ok(listeners)
+}
+
+/// What to do about a failed bind, for the error message; `in_use` says what
+/// to do when the address is taken.
+fn bind_hint(e: &std::io::Error, in_use: &str) -> String {
+    match e.raw_os_error() {
+        Some(libc::EADDRINUSE) => format!(" (address already in use: {in_use})"),
+        Some(libc::EACCES) => {
+            " (permission denied: ports below 1024 need CAP_NET_BIND_SERVICE)".to_owned()
+        }
+        Some(libc::EADDRNOTAVAIL) => " (that IP address is not on this host)".to_owned(),
+        _ => String::new(),
+    }
 }
 
 /// How long a busy port is retried at start: a process killed with -9 keeps
@@ -478,16 +485,7 @@ fn bind_feeds(config: &ServeConfig, udp_inode: &AtomicU64) -> Result<Feeds, Star
         Some(addr) => {
             let socket = ingest::bind_udp(addr)
                 .map_err(|e| {
-                    let hint = match e.raw_os_error() {
-                        Some(libc::EADDRINUSE) => {
-                            " (address already in use: another ringcast or another program has it; stop it, pick another --udp, or --udp off)"
-                        }
-                        Some(libc::EACCES) => {
-                            " (permission denied: ports below 1024 need CAP_NET_BIND_SERVICE)"
-                        }
-                        Some(libc::EADDRNOTAVAIL) => " (that IP address is not on this host)",
-                        _ => "",
-                    };
+                    let hint = bind_hint(&e, "another ringcast or another program has it; stop it, pick another --udp, or --udp off");
                     StartError(format!("cannot bind the UDP feed on {addr}: {e}{hint}"))
                 })?;
             let bound = socket.local_addr().unwrap_or(addr);

@@ -478,11 +478,6 @@ impl ShardCore {
         self.shared.shard_heartbeat[self.index].store(self.now_ms, Ordering::Relaxed);
     }
 
-    /// Adds to a counter the driver keeps (e.g. its own send calls).
-    pub fn count(&mut self, counter: Counter, n: u64) {
-        self.stats.add(counter, n);
-    }
-
     // ----- closing -----
 
     /// Queues `last` (a close frame or final HTTP response), stops reading

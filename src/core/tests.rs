@@ -81,8 +81,14 @@ impl Sim {
         )
     }
 
+    /// A fully started server's core (`Shared::ready` set).
     fn with_shared(config: CoreConfig, shared: Arc<Shared>) -> Sim {
         shared.ready.store(true, Ordering::Relaxed);
+        Sim::starting(config, shared)
+    }
+
+    /// A core whose server has not said it is ready yet.
+    fn starting(config: CoreConfig, shared: Arc<Shared>) -> Sim {
         Sim {
             core: ShardCore::new(0, Arc::new(config), shared.clone(), 0),
             shared,
@@ -731,17 +737,7 @@ fn healthz_says_starting_until_the_server_is_fully_up() {
         "e1".into(),
         0,
     ));
-    let mut sim = Sim {
-        core: ShardCore::new(0, Arc::new(config()), shared.clone(), 0),
-        shared,
-        now: 0,
-        iov: Vec::new(),
-        peers: HashMap::new(),
-        by_fd: HashMap::new(),
-        next_fd: 100,
-        auto_complete: true,
-        metrics_requests: Vec::new(),
-    };
+    let mut sim = Sim::starting(config(), shared);
     let early = sim.accept();
     sim.recv(early, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
     let answer = sim.rest_text(early);

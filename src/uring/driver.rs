@@ -229,34 +229,6 @@ impl Driver {
         self.push(entry)
     }
 
-    /// Submits a no-op and waits (up to `timeout`) for its completion: proof
-    /// that `io_uring_enter` works here, not only `io_uring_setup`.
-    pub fn round_trip(&mut self, timeout: Duration) -> io::Result<()> {
-        let e = opcode::Nop::new()
-            .build()
-            .user_data(token(Op::Cancel, 0, 1));
-        self.push(e)?;
-        let ts = types::Timespec::from(timeout);
-        let args = types::SubmitArgs::new().timespec(&ts);
-        match self.ring.submitter().submit_with_args(1, &args) {
-            Ok(_) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ETIME) => {}
-            Err(e) => return Err(e),
-        }
-        let reaped = self.reap();
-        if reaped
-            .iter()
-            .any(|c| c.op == Op::Cancel && c.generation == 1)
-        {
-            Ok(())
-        } else {
-            Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "a submitted no-op did not complete",
-            ))
-        }
-    }
-
     /// Cancels every operation in flight on `fd`.
     pub fn cancel_all(&mut self, fd: RawFd) -> io::Result<()> {
         let e = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all())
