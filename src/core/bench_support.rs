@@ -19,12 +19,11 @@ impl FanoutBench {
         let shared = Arc::new(Shared::new(1, 16, peers, "bench".into(), 0));
         let mut core = ShardCore::new(0, Arc::new(CoreConfig::default()), shared, 0);
         for _ in 0..connections {
-            let (slot, generation) = core.conns.next_key();
-            let mut conn = Conn::new(-1, generation);
+            let (key, conn) = core.conns.insert(-1);
             conn.phase = Phase::Open;
-            conn.endpoint = Endpoint::Subscriber;
             conn.input = Input::Frames(None);
-            core.conns.insert(conn);
+            let slot = key.slot;
+            core.conns.upgraded(slot, Endpoint::Subscriber);
             core.subscribe(slot, "bench", None)
                 .map_err(|_| std::io::Error::other("channel table full"))?;
         }
@@ -38,7 +37,7 @@ impl FanoutBench {
             core,
             channel,
             seq: 0,
-            iov: Vec::with_capacity(send::MAX_SEND_PIECES),
+            iov: Vec::with_capacity(MAX_SEND_PIECES),
         })
     }
 

@@ -7,8 +7,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::conn::Slab;
 use super::registry::Channel;
+use super::slab::Slab;
 
 /// A channel as one shard sees it.
 pub(super) struct ShardChannel {

@@ -11,7 +11,18 @@ use smallvec::SmallVec;
 use crate::metrics::CloseReason;
 use crate::protocol::reader::FrameReader;
 
+use super::budget::ClientBudget;
+use super::heartbeat::Heartbeat;
 use super::outqueue::OutQueue;
+
+/// Names one connection: its slot, and the slot's generation (a slot is
+/// reused after its connection is released; an event for the old one is
+/// recognised by its generation and ignored).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    pub slot: u32,
+    pub generation: u32,
+}
 
 /// What the connection turned out to be, once its request was read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,10 +97,7 @@ pub struct Conn {
     pub flush_pending: bool,
     /// The peer closed its side (end of stream).
     pub read_closed: bool,
-    /// A server ping is unanswered (nothing heard since it was sent).
-    pub ping_outstanding: bool,
-    /// Something arrived from the peer since the last ping.
-    pub heard: bool,
+    pub heartbeat: Heartbeat,
     pub close_reason: Option<CloseReason>,
     /// Current timer deadline (ms, shard clock); 0 = none.
     pub deadline: u64,
@@ -101,14 +109,8 @@ pub struct Conn {
     /// in every connection, for an extra allocation only while resuming.
     #[allow(clippy::box_collection)]
     pub replay: Option<Box<Vec<ReplayCursor>>>,
-    /// Client message rate limit: a token bucket, in thousandths of a
-    /// message, last refilled at `tokens_at` (shard clock, ms, wrapping).
-    pub tokens: u32,
-    pub tokens_at: u32,
-    /// Invalid control messages so far.
-    pub strikes: u8,
-    /// Byte budget for what the client sends (same clock as `tokens`).
-    pub byte_tokens: u32,
+    /// What the client may still send (filled when it upgrades).
+    pub budget: ClientBudget,
     /// Entry in the per-IP limits table.
     pub peer: crate::limits::PeerSlot,
     /// Authentication state; `None` when authentication is off.
@@ -158,18 +160,14 @@ impl Conn {
             endpoint: Endpoint::Unknown,
             flush_pending: false,
             read_closed: false,
-            ping_outstanding: false,
-            heard: false,
+            heartbeat: Heartbeat::default(),
             close_reason: None,
             deadline: 0,
             input: Input::Head(None),
             out: OutQueue::default(),
             subs: SmallVec::new(),
             replay: None,
-            tokens: 0,
-            tokens_at: 0,
-            strikes: 0,
-            byte_tokens: 0,
+            budget: ClientBudget::default(),
             peer: crate::limits::UNTRACKED,
             auth: None,
         }
@@ -183,155 +181,9 @@ impl Conn {
     }
 }
 
-/// A slab with a generation per slot, so a completion for a connection that
-/// has since been replaced in the same slot is recognised and ignored.
-///
-/// Entries live in fixed-size chunks that never move: growing never copies
-/// (a `Vec` of a million connections would copy ~170 MB inside the event
-/// loop when it doubles) and never holds up to twice the memory it uses.
-pub struct Slab<T> {
-    chunks: Vec<Vec<SlabEntry<T>>>,
-    free: Vec<u32>,
-    len: usize,
-}
-
-const CHUNK: usize = 1024;
-
-struct SlabEntry<T> {
-    generation: u32,
-    value: Option<T>,
-}
-
-impl<T> Slab<T> {
-    pub fn new() -> Self {
-        Slab {
-            chunks: Vec::new(),
-            free: Vec::new(),
-            len: 0,
-        }
-    }
-
-    /// Slots ever handed out (occupied or free).
-    fn capacity_used(&self) -> usize {
-        self.chunks
-            .last()
-            .map_or(0, |c| (self.chunks.len() - 1) * CHUNK + c.len())
-    }
-
-    fn entry(&self, slot: u32) -> Option<&SlabEntry<T>> {
-        let slot = slot as usize;
-        self.chunks.get(slot / CHUNK)?.get(slot % CHUNK)
-    }
-
-    fn entry_mut(&mut self, slot: u32) -> Option<&mut SlabEntry<T>> {
-        let slot = slot as usize;
-        self.chunks.get_mut(slot / CHUNK)?.get_mut(slot % CHUNK)
-    }
-
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// The slot and generation the next insert will use.
-    pub fn next_key(&self) -> (u32, u32) {
-        match self.free.last() {
-            Some(&slot) => (slot, self.entry(slot).map_or(0, |e| e.generation)),
-            None => (self.capacity_used() as u32, 0),
-        }
-    }
-
-    pub fn insert(&mut self, value: T) -> u32 {
-        self.len += 1;
-        if let Some(slot) = self.free.pop()
-            && let Some(entry) = self.entry_mut(slot)
-        {
-            entry.value = Some(value);
-            return slot;
-        }
-        let slot = self.capacity_used();
-        if self.chunks.last().is_none_or(|c| c.len() == CHUNK) {
-            self.chunks.push(Vec::with_capacity(CHUNK));
-        }
-        if let Some(chunk) = self.chunks.last_mut() {
-            chunk.push(SlabEntry {
-                generation: 0,
-                value: Some(value),
-            });
-        }
-        slot as u32
-    }
-
-    pub fn get_mut(&mut self, slot: u32) -> Option<&mut T> {
-        self.entry_mut(slot)?.value.as_mut()
-    }
-
-    pub fn get(&self, slot: u32) -> Option<&T> {
-        self.entry(slot)?.value.as_ref()
-    }
-
-    pub fn remove(&mut self, slot: u32) -> Option<T> {
-        let entry = self.entry_mut(slot)?;
-        let value = entry.value.take()?;
-        entry.generation = entry.generation.wrapping_add(1);
-        self.free.push(slot);
-        self.len -= 1;
-        Some(value)
-    }
-
-    /// Slots currently occupied.
-    pub fn occupied(&self) -> impl Iterator<Item = u32> + '_ {
-        self.chunks
-            .iter()
-            .flatten()
-            .enumerate()
-            .filter(|(_, e)| e.value.is_some())
-            .map(|(i, _)| i as u32)
-    }
-}
-
-impl<T> Default for Slab<T> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn generations_change_on_reuse() {
-        let mut s = Slab::new();
-        let (slot, g0) = s.next_key();
-        assert_eq!(s.insert("a"), slot);
-        s.remove(slot);
-        let (slot2, g1) = s.next_key();
-        assert_eq!(slot2, slot);
-        assert_ne!(g0, g1);
-        s.insert("b");
-        assert_eq!(s.len(), 1);
-        assert_eq!(s.occupied().collect::<Vec<_>>(), vec![slot]);
-    }
-
-    #[test]
-    fn grows_by_chunks_without_moving() {
-        let mut s = Slab::new();
-        for i in 0..(CHUNK * 2 + 5) {
-            assert_eq!(s.insert(i) as usize, i);
-        }
-        let first = s.get(0).unwrap() as *const usize;
-        for i in 0..CHUNK {
-            s.insert(i);
-        }
-        assert_eq!(s.get(0).unwrap() as *const usize, first, "entries moved");
-        assert_eq!(*s.get((CHUNK * 2 + 1) as u32).unwrap(), CHUNK * 2 + 1);
-        assert_eq!(s.chunks.len(), 4);
-        assert!(s.chunks.iter().all(|c| c.capacity() == CHUNK));
-    }
 
     #[test]
     fn conn_is_compact() {

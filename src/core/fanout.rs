@@ -225,18 +225,12 @@ impl ShardCore {
         let high_water = self.config.high_water;
         let mut peak = self.stats.gauge(Gauge::QueuedBytesPeak);
         for &slot in &ch.subscribers {
-            let Some(conn) = self.conns.get_mut(slot) else {
+            let Some(queued) = self.conns.push_frame(slot, &frame) else {
                 continue;
             };
-            conn.out.push(frame.clone());
-            let queued = conn.out.queued_bytes();
             peak = peak.max(queued);
             if queued > high_water {
                 self.slow.push(slot);
-            }
-            if !conn.flush_pending {
-                conn.flush_pending = true;
-                self.flush_list.push_back(slot);
             }
         }
         let n = ch.subscribers.len() as u64;

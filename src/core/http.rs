@@ -7,6 +7,7 @@ use crate::protocol::handshake::{
     validate_upgrade,
 };
 use crate::protocol::query::{QueryError, WsQuery, parse_ws_query};
+use budget::ClientBudget;
 use conn::HeadState;
 use fanout::Ack;
 
@@ -183,19 +184,14 @@ impl ShardCore {
                 }
             }
         }
-        let bucket = self.bucket_size();
-        let byte_bucket = self.byte_bucket_size();
+        let budget = ClientBudget::full(&self.budget_rates, self.now_ms);
+        self.conns.upgraded(slot, endpoint);
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
         };
-        // Counted down when the connection is released (`try_finish`).
-        self.websockets += 1;
-        conn.endpoint = endpoint;
         conn.phase = Phase::Open;
         conn.input = Input::Frames(None);
-        conn.tokens = bucket;
-        conn.byte_tokens = byte_bucket;
-        conn.tokens_at = self.now_ms as u32;
+        conn.budget = budget;
         let pending = matches!(auth, Some(AuthState::Pending(_)));
         conn.auth = auth.map(Box::new);
         let response = switching_protocols(&accept, protocol.as_deref());

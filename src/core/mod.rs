@@ -17,9 +17,12 @@
 
 #[doc(hidden)]
 pub mod bench_support;
+mod budget;
 mod channels;
 mod conn;
+mod connections;
 mod fanout;
+mod heartbeat;
 pub mod history;
 mod http;
 mod outqueue;
@@ -27,6 +30,7 @@ pub mod registry;
 mod send;
 mod session;
 pub mod shared;
+mod slab;
 #[cfg(test)]
 mod tests;
 mod timer;
@@ -44,14 +48,16 @@ use bytes::Bytes;
 use crate::metrics::{CloseReason, Counter, Gauge, LocalStats};
 use crate::protocol::frame::{OpCode, encode_close_frame, encode_server_frame};
 
+use budget::BudgetRates;
 use channels::Channels;
-use conn::{AuthState, Conn, Endpoint, Input, Phase, Slab};
+use conn::{AuthState, Conn, Endpoint, Input, Phase};
+use connections::Connections;
+use heartbeat::Beat;
 use outqueue::FrameRef;
 use shared::Shared;
-use timer::{TimerEntry, TimerWheel};
 
-pub use outqueue::IoSlicePtr;
-pub use send::MAX_SEND_PIECES;
+pub use conn::ConnKey;
+pub use outqueue::{IoSlicePtr, MAX_SEND_PIECES};
 
 /// The WebSocket and HTTP settings a shard's core applies.
 #[derive(Debug, Clone)]
@@ -119,15 +125,6 @@ pub struct Delivery {
     pub frame: Bytes,
 }
 
-/// Names one connection: its slot, and the slot's generation (a slot is
-/// reused after its connection is released; an event for the old one is
-/// recognised by its generation and ignored).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ConnKey {
-    pub slot: u32,
-    pub generation: u32,
-}
-
 /// What the core asks its driver to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -165,8 +162,6 @@ pub enum SendResult {
     Failed,
 }
 
-const TICK_MS: u64 = 20;
-const WHEEL_SLOTS: usize = 4096;
 /// Time for a close frame / final response to be written and the peer to
 /// close its side, before the connection is reset.
 const CLOSE_GRACE_MS: u64 = 2000;
@@ -178,15 +173,11 @@ pub struct ShardCore {
     index: usize,
     config: Arc<CoreConfig>,
     shared: Arc<Shared>,
-    conns: Slab<Conn>,
-    timers: TimerWheel,
-    due: Vec<TimerEntry>,
-    /// Connections with something to send (or a close to finish), in the
-    /// order they became so.
-    flush_list: VecDeque<u32>,
+    conns: Connections,
     actions: VecDeque<Action>,
     channels: Channels,
-    websockets: u64,
+    /// What every client may send, worked out once from the config.
+    budget_rates: BudgetRates,
     slow: Vec<u32>,
     /// The server clock: ms since start, as last given by `tick`.
     now_ms: u64,
@@ -204,25 +195,26 @@ impl ShardCore {
     ) -> ShardCore {
         ShardCore {
             index,
-            config,
             shared,
-            conns: Slab::new(),
-            timers: TimerWheel::new(TICK_MS, WHEEL_SLOTS, now_ms),
-            due: Vec::new(),
-            flush_list: VecDeque::new(),
+            conns: Connections::new(now_ms),
             actions: VecDeque::new(),
             channels: Channels::default(),
-            websockets: 0,
+            budget_rates: BudgetRates::new(
+                config.client_rate,
+                config.client_bytes_rate,
+                config.max_message,
+            ),
             slow: Vec::new(),
             now_ms,
             stats: LocalStats::default(),
             ping_frame: Rc::new(encode_server_frame(OpCode::Ping, b"")),
             stopping: false,
+            config,
         }
     }
 
     /// How often the driver should call [`ShardCore::tick`] when idle.
-    pub const TICK: Duration = Duration::from_millis(TICK_MS);
+    pub const TICK: Duration = Duration::from_millis(Connections::TICK_MS);
 
     pub fn index(&self) -> usize {
         self.index
@@ -259,17 +251,12 @@ impl ShardCore {
     }
 
     fn conn(&self, key: ConnKey) -> Option<&Conn> {
-        self.conns
-            .get(key.slot)
-            .filter(|c| c.generation == key.generation)
+        self.conns.live(key)
     }
 
     /// The key of the connection in `slot`, if one lives there.
     pub fn key_of(&self, slot: u32) -> Option<ConnKey> {
-        self.conns.get(slot).map(|c| ConnKey {
-            slot,
-            generation: c.generation,
-        })
+        self.conns.key_of(slot)
     }
 
     fn live_slot(&self, key: ConnKey) -> Option<u32> {
@@ -309,15 +296,13 @@ impl ShardCore {
                 }
             }
         }
-        let (slot, generation) = self.conns.next_key();
-        let mut conn = Conn::new(fd, generation);
+        let (key, conn) = self.conns.insert(fd);
         conn.peer = peer_slot;
         if let Some(ip) = proxy {
             conn.input = Input::head_from_proxy(ip);
         }
-        self.conns.insert(conn);
+        let slot = key.slot;
         self.stats.add(Counter::ConnectionsAccepted, 1);
-        let key = ConnKey { slot, generation };
         if over {
             // Refused politely; the socket is already ours, so say why.
             self.stats.add(Counter::ConnectionsRefused, 1);
@@ -346,7 +331,7 @@ impl ShardCore {
             return;
         };
         if let Some(conn) = self.conns.get_mut(slot) {
-            conn.heard = true;
+            conn.heartbeat.heard();
         }
         match self.conns.get(slot).map(|c| c.phase) {
             Some(Phase::Handshake) => self.on_head_bytes(slot, data),
@@ -396,17 +381,11 @@ impl ShardCore {
     /// The driver closed the socket of a connection it was asked to close,
     /// and no operation on it remains: its slot is freed.
     pub fn on_released(&mut self, key: ConnKey) {
-        if self.live_slot(key).is_none() {
-            return;
-        }
-        let Some(mut conn) = self.conns.remove(key.slot) else {
+        let Some(mut conn) = self.conns.remove(key) else {
             return;
         };
         self.shared.connections.fetch_sub(1, Ordering::Relaxed);
         self.shared.peers.release(conn.peer);
-        if matches!(conn.endpoint, Endpoint::Subscriber | Endpoint::Echo) {
-            self.websockets -= 1;
-        }
         conn.out.abandon_in_flight();
         let released = conn.out.clear();
         self.note_unqueued(released);
@@ -426,12 +405,7 @@ impl ShardCore {
     /// Graceful shutdown begins: every WebSocket client gets a 1001 close;
     /// new upgrades are answered 503 (`Shared::draining`).
     pub fn drain(&mut self) {
-        let open: Vec<u32> = self
-            .conns
-            .occupied()
-            .filter(|&s| self.conns.get(s).is_some_and(|c| c.phase == Phase::Open))
-            .collect();
-        for slot in open {
+        for slot in self.conns.slots(Some(Phase::Open)) {
             let frame = encode_close_frame(
                 1001,
                 "server shutting down; reconnect with since= to resume",
@@ -447,8 +421,7 @@ impl ShardCore {
     /// Closes every connection at once; the driver stops once they are released.
     pub fn shutdown(&mut self) {
         self.stopping = true;
-        let slots: Vec<u32> = self.conns.occupied().collect();
-        for slot in slots {
+        for slot in self.conns.slots(None) {
             self.release(slot, true, CloseReason::Shutdown);
         }
     }
@@ -460,8 +433,7 @@ impl ShardCore {
             if let Some(action) = self.actions.pop_front() {
                 return Some(action);
             }
-            let slot = self.flush_list.pop_front()?;
-            if let Some(action) = self.flush(slot, iov) {
+            if let Some(action) = self.flush_next(iov)? {
                 return Some(action);
             }
         }
@@ -473,7 +445,8 @@ impl ShardCore {
             .set(Gauge::ConnectionsOpen, self.conns.len() as u64);
         self.stats
             .set(Gauge::Subscriptions, self.channels.subscriptions());
-        self.stats.set(Gauge::WebSocketsOpen, self.websockets);
+        self.stats
+            .set(Gauge::WebSocketsOpen, self.conns.websockets());
         self.shared.shard_stats[self.index].publish(&self.stats);
         self.shared.shard_heartbeat[self.index].store(self.now_ms, Ordering::Relaxed);
     }
@@ -561,44 +534,19 @@ impl ShardCore {
     // ----- timers -----
 
     fn set_deadline(&mut self, slot: u32, deadline: u64) {
-        let Some(conn) = self.conns.get_mut(slot) else {
-            return;
-        };
-        // An authenticated connection also wakes when its token expires.
-        let deadline = match conn.auth.as_deref() {
-            Some(AuthState::Granted { expires_at_ms, .. }) if conn.phase == Phase::Open => {
-                deadline.min(*expires_at_ms)
-            }
-            _ => deadline,
-        };
-        conn.deadline = deadline;
-        self.timers.insert(TimerEntry {
-            slot,
-            generation: conn.generation,
-            deadline,
-        });
+        self.conns.set_deadline(slot, deadline);
     }
 
     fn fire_timers(&mut self) {
-        let mut due = std::mem::take(&mut self.due);
-        self.timers.expire(self.now_ms, &mut due);
-        for entry in due.drain(..) {
-            let current = self
-                .conns
-                .get(entry.slot)
-                .is_some_and(|c| c.generation == entry.generation && c.deadline == entry.deadline);
-            if current {
-                self.on_timer(entry.slot);
-            }
+        for slot in self.conns.expired(self.now_ms) {
+            self.on_timer(slot);
         }
-        self.due = due;
     }
 
     fn on_timer(&mut self, slot: u32) {
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
         };
-        conn.deadline = 0;
         match conn.phase {
             Phase::Handshake => self.release(slot, true, CloseReason::HandshakeTimeout),
             Phase::Open => {
@@ -645,23 +593,21 @@ impl ShardCore {
         };
         // A quiet moment: an idle connection gives back its queue storage.
         conn.out.release_storage();
-        if conn.ping_outstanding {
-            if !conn.heard {
+        match conn.heartbeat.on_due() {
+            Beat::Silent => {
                 let frame = encode_close_frame(1001, "ping timeout");
                 self.close_with(slot, Some(frame), CloseReason::PingTimeout);
-                return;
             }
-            // Answered: next ping one interval after the last one.
-            conn.ping_outstanding = false;
-            let next = self.now_ms + interval.saturating_sub(timeout);
-            self.set_deadline(slot, next);
-            return;
+            // Next ping one interval after the last one.
+            Beat::Answered => {
+                self.set_deadline(slot, self.now_ms + interval.saturating_sub(timeout))
+            }
+            Beat::Ping => {
+                let ping = self.ping_frame.clone();
+                self.enqueue(slot, ping);
+                self.set_deadline(slot, self.now_ms + timeout);
+            }
         }
-        conn.ping_outstanding = true;
-        conn.heard = false;
-        let ping = self.ping_frame.clone();
-        self.enqueue(slot, ping);
-        self.set_deadline(slot, self.now_ms + timeout);
     }
 
     /// The time in Unix seconds (token expiry is in those).

@@ -15,6 +15,10 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 
+/// Most pieces (frames) in one send. Linux allows 1024 iovecs; 256 frames of
+/// even 128 bytes is 32 KiB per syscall, past the point of diminishing returns.
+pub const MAX_SEND_PIECES: usize = 256;
+
 /// An encoded frame (or any bytes to write), shared within one shard.
 pub type FrameRef = Rc<Bytes>;
 

@@ -81,22 +81,17 @@ impl ShardCore {
     }
 
     pub(super) fn schedule_flush(&mut self, slot: u32) {
-        if let Some(conn) = self.conns.get_mut(slot)
-            && !conn.flush_pending
-        {
-            conn.flush_pending = true;
-            self.flush_list.push_back(slot);
-        }
+        self.conns.schedule_flush(slot);
     }
 
-    /// Starts a send of everything queued, unless one is in flight (its
-    /// completion schedules the next). With nothing left to send, a closing
-    /// connection moves on to shutting down its write side.
-    pub(super) fn flush(&mut self, slot: u32, iov: &mut Vec<IoSlicePtr>) -> Option<Action> {
-        let conn = self.conns.get_mut(slot)?;
-        conn.flush_pending = false;
+    /// Takes the next connection off the flush list (`None`: the list is
+    /// empty) and starts a send of everything it has queued, unless one is in
+    /// flight (its completion schedules the next). With nothing left to send,
+    /// a closing connection moves on to shutting down its write side.
+    pub(super) fn flush_next(&mut self, iov: &mut Vec<IoSlicePtr>) -> Option<Option<Action>> {
+        let (slot, conn) = self.conns.next_flush()?;
         if conn.phase == Phase::Releasing || conn.out.send_in_flight() {
-            return None;
+            return Some(None);
         }
         if !conn.out.is_empty() {
             conn.out.start_send(MAX_SEND_PIECES, iov);
@@ -104,12 +99,12 @@ impl ShardCore {
                 slot,
                 generation: conn.generation,
             };
-            return Some(Action::Send { key, fd: conn.fd });
+            return Some(Some(Action::Send { key, fd: conn.fd }));
         }
         if conn.phase == Phase::Closing {
             self.linger(slot);
         }
-        None
+        Some(None)
     }
 
     /// The send the driver was asked for ended.
@@ -182,10 +177,6 @@ impl ShardCore {
         }
     }
 }
-
-/// Most pieces (frames) in one send. Linux allows 1024 iovecs; 256 frames of
-/// even 128 bytes is 32 KiB per syscall, past the point of diminishing returns.
-pub const MAX_SEND_PIECES: usize = 256;
 
 /// A notice as a queueable text frame.
 pub(super) fn text_frame(text: &str) -> FrameRef {

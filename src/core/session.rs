@@ -8,10 +8,6 @@ use crate::protocol::control::{self, ClientMessage, parse_client_message};
 use crate::protocol::reader::{Event, Flow, FrameReader, Violation};
 use fanout::Ack;
 
-/// Invalid control messages tolerated (each answered with an error notice)
-/// before the client is closed with 1008.
-const MAX_STRIKES: u8 = 10;
-
 /// A message a subscriber sent, kept until the reader is done with the bytes.
 enum Inbound {
     Text(Vec<u8>),
@@ -107,50 +103,17 @@ impl ShardCore {
         self.close_with(slot, Some(frame), reason);
     }
 
-    /// Token bucket size, in thousandths of a message: two seconds' worth.
-    pub(super) fn bucket_size(&self) -> u32 {
-        self.config.client_rate.saturating_mul(2000)
-    }
-
-    /// Byte bucket size: two seconds' worth, or two maximal messages.
-    pub(super) fn byte_bucket_size(&self) -> u32 {
-        let two_messages = (2 * self.config.max_message + 1024).min(u32::MAX as usize) as u32;
-        self.config
-            .client_bytes_rate
-            .saturating_mul(2)
-            .max(two_messages)
-    }
-
     /// Spends `messages` and `bytes` from the client's budgets; says which
     /// one ran out.
     fn take_tokens(&mut self, slot: u32, messages: u64, bytes: usize) -> Result<(), &'static str> {
-        let (rate, size) = (self.config.client_rate, self.bucket_size());
-        let (byte_rate, byte_size) = (self.config.client_bytes_rate, self.byte_bucket_size());
-        let now = self.now_ms as u32;
-        let Some(conn) = self.conns.get_mut(slot) else {
-            return Ok(());
-        };
-        let elapsed = now.wrapping_sub(conn.tokens_at);
-        conn.tokens_at = now;
-        conn.tokens = conn
-            .tokens
-            .saturating_add(elapsed.saturating_mul(rate))
-            .min(size);
-        // byte_rate is per second, elapsed in ms.
-        let refill =
-            (u64::from(elapsed) * u64::from(byte_rate) / 1000).min(u64::from(u32::MAX)) as u32;
-        conn.byte_tokens = conn.byte_tokens.saturating_add(refill).min(byte_size);
-        let cost = (messages as u32).saturating_mul(1000);
-        if conn.tokens < cost {
-            return Err("messages");
+        let (rates, now) = (self.budget_rates, self.now_ms);
+        match self.conns.get_mut(slot) {
+            Some(conn) => conn
+                .budget
+                .spend(&rates, now, messages, bytes)
+                .map_err(|e| e.what()),
+            None => Ok(()),
         }
-        let bytes = bytes.min(u32::MAX as usize) as u32;
-        if conn.byte_tokens < bytes {
-            return Err("bytes");
-        }
-        conn.tokens -= cost;
-        conn.byte_tokens -= bytes;
-        Ok(())
     }
 
     fn on_control(&mut self, slot: u32, text: &[u8]) {
@@ -317,7 +280,7 @@ impl ShardCore {
                 // The timer may be set for the old expiry: restart the
                 // heartbeat cycle (the refresh proves the client alive).
                 if let Some(conn) = self.conns.get_mut(slot) {
-                    conn.ping_outstanding = false;
+                    conn.heartbeat.restart();
                 }
                 let deadline = self.now_ms + self.config.ping_interval.as_millis() as u64;
                 self.set_deadline(slot, deadline);
@@ -333,8 +296,7 @@ impl ShardCore {
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
         };
-        conn.strikes = conn.strikes.saturating_add(1);
-        if conn.strikes > MAX_STRIKES {
+        if conn.budget.strike() {
             let frame = encode_close_frame(1008, "too many invalid messages");
             return self.close_with(slot, Some(frame), CloseReason::PolicyViolation);
         }

@@ -488,7 +488,7 @@ fn heartbeat_pings_and_closes_a_silent_client() {
     assert_eq!(sim.frames(lively)[0].opcode, 9);
     sim.recv(lively, &encode_client_frame(true, 10, b"", [9, 9, 9, 9]));
     // Deadlines fire on the wheel's next tick (20 ms) at the latest.
-    sim.advance(10_000 + TICK_MS);
+    sim.advance(10_000 + Connections::TICK_MS);
     let frames = sim.frames(quiet);
     assert_eq!(frames[0].close_code(), Some(1001));
     assert!(frames[0].close_reason().contains("ping timeout"));
@@ -497,7 +497,7 @@ fn heartbeat_pings_and_closes_a_silent_client() {
         "an answered ping closes nothing"
     );
     // The next ping comes one interval after the last one.
-    sim.advance(20_000 + TICK_MS);
+    sim.advance(20_000 + Connections::TICK_MS);
     assert_eq!(sim.frames(lively)[0].opcode, 9);
 }
 
@@ -551,7 +551,7 @@ fn an_expiring_token_closes_4001_unless_refreshed() {
     let refresh = format!(r#"{{"type":"auth","token":"{}"}}"#, token(start + 600));
     sim.recv(refreshed, &client_text(&refresh));
     assert_eq!(sim.frames(refreshed)[0].json()["type"], "authenticated");
-    sim.advance(10_000 + TICK_MS);
+    sim.advance(10_000 + Connections::TICK_MS);
     let frames = sim.frames(expiring);
     assert_eq!(frames.last().unwrap().close_code(), Some(4001));
     assert!(
@@ -568,7 +568,7 @@ fn an_expiring_token_closes_4001_unless_refreshed() {
     // Without a token at all: 4001 after the auth timeout.
     let anonymous = sim.connect("/ws?channels=c");
     sim.frames(anonymous);
-    sim.advance(10_000 + TICK_MS);
+    sim.advance(10_000 + Connections::TICK_MS);
     assert_eq!(
         sim.frames(anonymous).last().unwrap().close_code(),
         Some(4001)
@@ -609,7 +609,7 @@ fn drain_closes_every_websocket_with_1001_and_answers_503() {
     let health = sim.accept();
     sim.recv(health, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
     assert!(sim.http_head(health).starts_with("HTTP/1.1 503"));
-    assert_eq!(sim.core.websockets, 0);
+    assert_eq!(sim.core.conns.websockets(), 0);
 }
 
 #[test]
