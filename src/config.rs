@@ -249,6 +249,13 @@ settings! {
     "max-connections-per-ip", "N", "1000", "Connections one client IP may hold; 0 = no limit",
     |v| parse_count(v, 0, 100_000_000);
 
+    /// Channels no one has published to that one client IP's connections
+    /// may have created and still hold (0: no limit). Such a channel is
+    /// dropped when its last subscriber leaves.
+    max_new_channels_per_ip: usize = 1000;
+    "max-new-channels-per-ip", "N", "1000", "Channels no one has published to yet that one client IP may create and hold; 0 = no limit",
+    |v| parse_count(v, 0, 100_000_000);
+
     /// New connections per second one client IP may open (bursts of twice
     /// that; 0: no limit): reconnect storms pass, floods do not.
     handshake_rate_per_ip: u32 = 100;

@@ -1,11 +1,12 @@
-//! Per-client-IP limits: connections held, and new connections per second
-//! (a token bucket). Shared by every shard, since one client's connections
-//! are spread over all of them; touched only when a connection opens or
-//! closes, never per message.
+//! Per-client-IP limits: connections held, new connections per second (a
+//! token bucket), and channels created that no one has published to yet.
+//! Shared by every shard, since one client's connections are spread over all
+//! of them; touched only when a connection opens or closes or a client
+//! creates a channel, never per message.
 //!
-//! Entries live while their IP holds connections, or until its handshake
-//! bucket has refilled, so the table is bounded by the clients seen in the
-//! last couple of seconds plus those connected.
+//! Entries live while their IP holds connections or channels, or until its
+//! handshake bucket has refilled, so the table is bounded by the clients seen
+//! in the last couple of seconds plus those holding something.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -26,6 +27,8 @@ pub enum Refused {
 
 pub struct PeerLimits {
     max_connections: u32,
+    /// Unpublished channels one IP's clients may have created and still hold.
+    max_channels: u32,
     /// Handshakes per millisecond, and the bucket size; 0: no rate limit.
     rate_per_ms: f64,
     burst: f64,
@@ -43,19 +46,22 @@ struct Table {
 struct Entry {
     ip: IpAddr,
     connections: u32,
+    channels: u32,
     tokens: f64,
     refilled_at_ms: u64,
 }
 
 impl PeerLimits {
-    /// `max_connections` and `handshakes_per_sec` of 0 disable that limit.
+    /// A limit of 0 is no limit.
     pub fn new(
         max_connections: usize,
         handshakes_per_sec: u32,
+        max_channels: usize,
         limit_loopback: bool,
     ) -> PeerLimits {
         PeerLimits {
             max_connections: u32::try_from(max_connections).unwrap_or(u32::MAX),
+            max_channels: u32::try_from(max_channels).unwrap_or(u32::MAX),
             rate_per_ms: f64::from(handshakes_per_sec) / 1000.0,
             burst: 2.0 * f64::from(handshakes_per_sec),
             limit_loopback,
@@ -64,7 +70,7 @@ impl PeerLimits {
     }
 
     pub fn enabled(&self) -> bool {
-        self.max_connections > 0 || self.rate_per_ms > 0.0
+        self.max_connections > 0 || self.rate_per_ms > 0.0 || self.max_channels > 0
     }
 
     /// Admits a new connection from `ip` at `now_ms`, or says why not.
@@ -82,6 +88,7 @@ impl PeerLimits {
                 let entry = Entry {
                     ip,
                     connections: 0,
+                    channels: 0,
                     tokens: self.burst,
                     refilled_at_ms: now_ms,
                 };
@@ -125,6 +132,34 @@ impl PeerLimits {
         }
     }
 
+    /// A client of `slot` creates a channel no one has published to: counted
+    /// against its IP, or refused (false) when the IP holds its limit.
+    pub fn hold_channel(&self, slot: PeerSlot) -> bool {
+        if slot == UNTRACKED || self.max_channels == 0 {
+            return true;
+        }
+        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(entry) = table.entries.get_mut(slot as usize) else {
+            return true;
+        };
+        if entry.channels >= self.max_channels {
+            return false;
+        }
+        entry.channels += 1;
+        true
+    }
+
+    /// A channel held by `slot`'s IP was published to, or is gone.
+    pub fn release_channel(&self, slot: PeerSlot) {
+        if slot == UNTRACKED || self.max_channels == 0 {
+            return;
+        }
+        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = table.entries.get_mut(slot as usize) {
+            entry.channels = entry.channels.saturating_sub(1);
+        }
+    }
+
     /// IPs tracked now (for /metrics).
     pub fn tracked(&self) -> usize {
         self.table
@@ -140,11 +175,14 @@ impl PeerLimits {
         entry.refilled_at_ms = now_ms;
     }
 
-    /// Forgets IPs with no connection whose bucket is full again.
+    /// Forgets IPs holding nothing whose bucket is full again.
     fn sweep(&self, table: &mut Table, now_ms: u64) {
         let mut freed = Vec::new();
         for (slot, entry) in table.entries.iter_mut().enumerate() {
-            if entry.connections == 0 && table.by_ip.get(&entry.ip) == Some(&(slot as PeerSlot)) {
+            if entry.connections == 0
+                && entry.channels == 0
+                && table.by_ip.get(&entry.ip) == Some(&(slot as PeerSlot))
+            {
                 self.refill(entry, now_ms);
                 if entry.tokens >= self.burst {
                     freed.push((slot as PeerSlot, entry.ip));
@@ -203,7 +241,7 @@ mod tests {
 
     #[test]
     fn connections_per_ip() {
-        let limits = PeerLimits::new(2, 0, false);
+        let limits = PeerLimits::new(2, 0, 0, false);
         let a = limits.admit(ip(1), 0).unwrap();
         limits.admit(ip(1), 0).unwrap();
         assert_eq!(limits.admit(ip(1), 0), Err(Refused::TooManyConnections));
@@ -214,7 +252,7 @@ mod tests {
 
     #[test]
     fn handshake_rate_with_burst() {
-        let limits = PeerLimits::new(0, 10, false);
+        let limits = PeerLimits::new(0, 10, 0, false);
         for _ in 0..20 {
             let s = limits.admit(ip(1), 0).unwrap();
             limits.release(s);
@@ -227,25 +265,48 @@ mod tests {
 
     #[test]
     fn loopback_exempt_unless_asked() {
-        let limits = PeerLimits::new(1, 1, false);
+        let limits = PeerLimits::new(1, 1, 0, false);
         let lo = IpAddr::from([127, 0, 0, 1]);
         for _ in 0..10 {
             assert_eq!(limits.admit(lo, 0), Ok(UNTRACKED));
         }
-        let strict = PeerLimits::new(1, 0, true);
+        let strict = PeerLimits::new(1, 0, 0, true);
         strict.admit(lo, 0).unwrap();
         assert_eq!(strict.admit(lo, 0), Err(Refused::TooManyConnections));
     }
 
     #[test]
     fn table_stays_bounded() {
-        let limits = PeerLimits::new(10, 100, false);
+        let limits = PeerLimits::new(10, 100, 0, false);
         for i in 0..20_000u32 {
             let ip = IpAddr::from(i.to_be_bytes());
             let slot = limits.admit(ip, u64::from(i) * 100).unwrap();
             limits.release(slot);
         }
         assert!(limits.tracked() < 10_000, "{}", limits.tracked());
+    }
+
+    #[test]
+    fn unpublished_channels_per_ip() {
+        let limits = PeerLimits::new(0, 0, 2, false);
+        let a = limits.admit(ip(1), 0).unwrap();
+        let b = limits.admit(ip(2), 0).unwrap();
+        assert!(limits.hold_channel(a) && limits.hold_channel(a));
+        assert!(!limits.hold_channel(a), "a third is refused");
+        assert!(limits.hold_channel(b), "other IPs unaffected");
+        limits.release_channel(a);
+        assert!(limits.hold_channel(a));
+        // An IP that holds channels is remembered after its connections close.
+        limits.release(a);
+        let mut table = limits.table.lock().unwrap();
+        limits.sweep(&mut table, 1_000_000);
+        assert_eq!(table.by_ip.get(&ip(1)), Some(&a));
+        assert_eq!(table.by_ip.get(&ip(2)), Some(&b), "b still connected");
+        drop(table);
+        assert!(
+            limits.hold_channel(UNTRACKED),
+            "untracked clients are not counted"
+        );
     }
 
     #[test]

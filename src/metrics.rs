@@ -27,11 +27,12 @@ pub enum Counter {
     RefusedOrigin,
     RefusedHeaderSize,
     SubscriptionLimit,
+    ChannelRefusals,
     AuthFailures,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 17] = [
+    pub const ALL: [Counter; 18] = [
         Counter::ConnectionsAccepted,
         Counter::HandshakesRejected,
         Counter::HttpRequests,
@@ -48,6 +49,7 @@ impl Counter {
         Counter::RefusedOrigin,
         Counter::RefusedHeaderSize,
         Counter::SubscriptionLimit,
+        Counter::ChannelRefusals,
         Counter::AuthFailures,
     ];
     pub const COUNT: usize = Self::ALL.len();
@@ -105,6 +107,10 @@ impl Counter {
             Counter::SubscriptionLimit => (
                 "ringcast_subscription_limit_refusals_total",
                 "Subscriptions refused for exceeding --max-subscriptions (400 at the handshake, error notice after).",
+            ),
+            Counter::ChannelRefusals => (
+                "ringcast_channel_refusals_total",
+                "Channels a client subscribed to that were not created: the table at the share clients may fill, the IP's hold of unpublished channels, or the connection's creation rate (1013 at the handshake, error notice after).",
             ),
             Counter::AuthFailures => (
                 "ringcast_auth_failures_total",

@@ -154,6 +154,7 @@ pub fn start(config: &ServeConfig) -> Result<Running, StartError> {
     let peers = PeerLimits::new(
         config.max_connections_per_ip,
         config.handshake_rate_per_ip,
+        config.max_new_channels_per_ip,
         config.limit_loopback,
     );
     let started = Instant::now();

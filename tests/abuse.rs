@@ -154,3 +154,146 @@ fn ten_thousand_unfinished_handshakes_do_not_hurt_others() {
     let f = good[0].read_non_ping().unwrap();
     assert!(f.text().contains(r#""seq":201"#));
 }
+
+/// A `subscribe` or `unsubscribe` message for `names`.
+fn control(kind: &str, names: &[String]) -> String {
+    serde_json::json!({"type": kind, "channels": names}).to_string()
+}
+
+/// The next notice's JSON, or None once the server has closed the connection.
+fn next_notice(c: &mut RawClient) -> Option<serde_json::Value> {
+    let frame = c.read_non_ping()?;
+    if frame.opcode != 1 {
+        return None;
+    }
+    serde_json::from_str(frame.text()).ok()
+}
+
+/// Sends a `subscribe` for `names`; returns how many were joined and the
+/// refusal of the rest, or None once the server has closed the connection.
+fn subscribe(c: &mut RawClient, names: &[String]) -> Option<(usize, Option<String>)> {
+    c.send_text(&control("subscribe", names));
+    let first = next_notice(c)?;
+    let refusal = |notice: &serde_json::Value| {
+        assert_eq!(notice["type"], "error", "{notice}");
+        notice["reason"].as_str().map(str::to_owned)
+    };
+    if first["type"] != "subscribed" {
+        return Some((0, refusal(&first)));
+    }
+    let joined = first["channels"].as_object().map_or(0, |m| m.len());
+    if joined == names.len() {
+        return Some((joined, None));
+    }
+    Some((joined, refusal(&next_notice(c)?)))
+}
+
+/// The next channel message (a frame with a `seq`), skipping notices.
+fn next_message(c: &mut RawClient) -> serde_json::Value {
+    loop {
+        let notice = next_notice(c).expect("a message before the connection ends");
+        if notice.get("seq").is_some() {
+            return notice;
+        }
+    }
+}
+
+#[test]
+fn subscribing_to_made_up_channels_pins_nothing_and_locks_nobody_out() {
+    let server = Server::start(&["--max-channels", "2000", "--unix", "feed.sock"]);
+    // 40 clients, each subscribing to 99 fresh names (with `real`, its 100
+    // subscriptions) and leaving them, 25 times: 99,000 names, 50 times the
+    // table. Each client reads its replies before it goes on, so every
+    // message it sent was handled.
+    let clients: Vec<_> = (0..40)
+        .map(|client| {
+            let addr = server.addr;
+            std::thread::spawn(move || {
+                let mut c = RawClient::connect(addr, "/ws?channels=real");
+                c.read_welcome();
+                let mut refused = 0;
+                for round in 0..25 {
+                    let names: Vec<String> =
+                        (0..99).map(|i| format!("f{client}-{round}-{i}")).collect();
+                    let Some((_, refusal)) = subscribe(&mut c, &names) else {
+                        break; // closed for too many refused messages
+                    };
+                    if let Some(why) = refusal {
+                        assert!(why.contains("too fast"), "{why}");
+                        refused += 1;
+                    }
+                    c.send_text(&control("unsubscribe", &names));
+                    let Some(reply) = next_notice(&mut c) else {
+                        break;
+                    };
+                    assert_eq!(reply["type"], "unsubscribed", "{reply}");
+                }
+                refused
+            })
+        })
+        .collect();
+    let refused: u32 = clients.into_iter().map(|t| t.join().unwrap()).sum();
+    assert!(refused > 0, "creating channels this fast is refused");
+    assert!(server.wait_metric("ringcast_channel_refusals_total", &[], |v| v > 0) > 0);
+    // Every made-up channel went with its last subscriber (`real` too: no
+    // one published to it, and the flood's connections are gone).
+    assert_eq!(
+        server.wait_metric("ringcast_channels", &[], |v| v == 0),
+        0,
+        "made-up channels outlived their subscribers"
+    );
+    // A new subscriber to a new channel, and a publisher to it, get through.
+    let mut late = RawClient::connect(server.addr, "/ws?channels=brand-new");
+    assert_eq!(late.read_welcome()["type"], "welcome");
+    server.wait_metric("ringcast_subscriptions", &[], |v| v >= 1);
+    let mut feed = UnixStream::connect(server.unix.as_ref().unwrap()).unwrap();
+    writeln!(feed, r#"{{"channel":"brand-new","data":1}}"#).unwrap();
+    let message = next_message(&mut late);
+    assert_eq!(message["seq"], 1, "{message}");
+    assert_eq!(server.metric("ringcast_feed_errors_total", &[]), 0);
+}
+
+#[test]
+fn one_address_holds_a_bounded_number_of_made_up_channels() {
+    let server = Server::start(&[
+        "--limit-loopback",
+        "--max-new-channels-per-ip",
+        "150",
+        "--unix",
+        "feed.sock",
+    ]);
+    // 99 names: with `real`, a connection's 100 subscriptions.
+    let names = |prefix: &str| -> Vec<String> { (0..99).map(|i| format!("{prefix}{i}")).collect() };
+    let here: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    let elsewhere: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let mut a = RawClient::connect_from(here, server.addr, "/ws?channels=real");
+    a.read_welcome();
+    assert_eq!(subscribe(&mut a, &names("a")), Some((99, None)));
+    // `real` and a's 99 count against the address: b may create 50 more.
+    let mut b = RawClient::connect_from(here, server.addr, "/ws?channels=real");
+    b.read_welcome();
+    let (joined, refusal) = subscribe(&mut b, &names("b")).unwrap();
+    assert_eq!(joined, 50, "150 in all");
+    let why = refusal.unwrap();
+    assert!(why.contains("and 48 more not created"), "{why}");
+    assert!(why.contains("held from your address"), "{why}");
+    // Another address is not affected.
+    let mut c = RawClient::connect_from(elsewhere, server.addr, "/ws?channels=real");
+    c.read_welcome();
+    assert_eq!(subscribe(&mut c, &names("c")), Some((99, None)));
+    // A channel a publisher writes to no longer counts against the address.
+    let mut feed = UnixStream::connect(server.unix.as_ref().unwrap()).unwrap();
+    for i in 0..10 {
+        writeln!(feed, r#"{{"channel":"a{i}","data":1}}"#).unwrap();
+    }
+    drop(feed);
+    for _ in 0..10 {
+        next_message(&mut a);
+    }
+    assert_eq!(subscribe(&mut b, &names("d")[..10]), Some((10, None)));
+    // Leaving gives the rest back: with a gone, its other 89 made-up
+    // channels go too, and b may create again.
+    drop(a);
+    server.wait_metric("ringcast_websockets_open", &[], |v| v == 2);
+    assert_eq!(subscribe(&mut b, &names("e")[..30]), Some((30, None)));
+}

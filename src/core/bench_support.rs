@@ -15,7 +15,7 @@ pub struct FanoutBench {
 impl FanoutBench {
     /// A core whose `connections` subscribers all listen on one channel.
     pub fn new(connections: usize) -> std::io::Result<FanoutBench> {
-        let peers = crate::limits::PeerLimits::new(0, 0, false);
+        let peers = crate::limits::PeerLimits::new(0, 0, 0, false);
         let shared = Arc::new(Shared::new(1, 16, peers, "bench".into(), 0));
         let mut core = ShardCore::new(0, Arc::new(CoreConfig::default()), shared, 0);
         for _ in 0..connections {

@@ -72,14 +72,13 @@ impl Channels {
 
     /// Forgets `local` if no connection of this shard is on it any more, and
     /// tells the registry this shard (`shard`) no longer wants its messages.
-    pub fn close_if_unused(&mut self, local: u32, shard: usize) {
-        let Some(ch) = self.slots.get(local).filter(|ch| ch.is_unused()) else {
-            return;
-        };
+    /// Returns the channel when it was forgotten.
+    pub fn close_if_unused(&mut self, local: u32, shard: usize) -> Option<Arc<Channel>> {
+        let ch = self.slots.get(local).filter(|ch| ch.is_unused())?;
         ch.channel.set_interest(shard, false);
         let id = ch.channel.id;
         self.by_id.remove(&id);
-        self.slots.remove(local);
+        self.slots.remove(local).map(|ch| ch.channel)
     }
 
     pub fn subscribed(&mut self) {

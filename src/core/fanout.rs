@@ -14,7 +14,7 @@
 use super::*;
 
 use super::history::Replay;
-use super::registry::TooManyChannels;
+use super::registry::{ChannelRefused, Creator};
 use crate::protocol::control;
 use conn::{PENDING, ReplayCursor, Subscription};
 use send::text_frame;
@@ -28,6 +28,28 @@ pub(super) struct Subscribed {
     pub current: u64,
     /// The client's `since` was ahead of the channel: it has been reset.
     pub reset: bool,
+}
+
+/// Channels a subscribe could not join, and why (the first reason met).
+pub(super) struct Refused {
+    pub why: ChannelRefused,
+    pub channels: Vec<String>,
+}
+
+impl Refused {
+    /// The error notice for the client.
+    pub fn notice(&self) -> String {
+        let first = self.channels.first().map_or("", String::as_str);
+        let first: String = first.chars().take(128).collect();
+        match self.channels.len() {
+            0 | 1 => format!("channel '{first}' not created: {}", self.why.reason()),
+            n => format!(
+                "channel '{first}' and {} more not created: {}",
+                n - 1,
+                self.why.reason()
+            ),
+        }
+    }
 }
 
 /// Which notice acknowledges a set of subscriptions.
@@ -44,25 +66,41 @@ impl ShardCore {
     /// queues the acknowledgement with every channel's current seq, a reset
     /// notice for each `since` ahead of its channel, and the first replay
     /// batch, in that order.
+    ///
+    /// A channel that cannot be created fails a connect as a whole (the
+    /// caller closes it); after a `subscribe` message the others are still
+    /// joined and acknowledged, and the refused ones are returned.
     pub(super) fn subscribe_and_notify(
         &mut self,
         slot: u32,
         channels: &[String],
         since: &dyn Fn(&str) -> Option<u64>,
         ack: Ack,
-    ) -> Result<(), TooManyChannels> {
+    ) -> Result<(), Refused> {
         let mut currents = Vec::with_capacity(channels.len());
         let mut resets = Vec::new();
+        let mut refused: Option<Refused> = None;
         for name in channels {
             let s = match self.subscribe(slot, name, since(name)) {
                 Ok(s) => s,
-                Err(e) => {
-                    // The upgrade still completes, so the close that follows
-                    // is a WebSocket close the client can read.
+                Err(why) => {
                     if let Ack::Welcome { handshake } = ack {
+                        // The upgrade still completes, so the close that
+                        // follows is a WebSocket close the client can read.
                         self.enqueue(slot, Rc::new(Bytes::from(handshake)));
+                        return Err(Refused {
+                            why,
+                            channels: vec![name.clone()],
+                        });
                     }
-                    return Err(e);
+                    refused
+                        .get_or_insert(Refused {
+                            why,
+                            channels: Vec::new(),
+                        })
+                        .channels
+                        .push(name.clone());
+                    continue;
                 }
             };
             currents.push((name.as_str(), s.current));
@@ -76,13 +114,14 @@ impl ShardCore {
                 handshake.extend_from_slice(&encode_server_frame(OpCode::Text, welcome.as_bytes()));
                 self.enqueue(slot, Rc::new(Bytes::from(handshake)));
             }
+            Ack::Subscribed if currents.is_empty() => {}
             Ack::Subscribed => self.enqueue_text(slot, &control::subscribed(&currents)),
         }
         for notice in resets {
             self.enqueue_text(slot, &notice);
         }
         self.refill(slot);
-        Ok(())
+        refused.map_or(Ok(()), Err)
     }
 
     /// Subscribes `slot` to `name` from `since` (or from now). Notices and
@@ -93,15 +132,36 @@ impl ShardCore {
         slot: u32,
         name: &str,
         since: Option<u64>,
-    ) -> Result<Subscribed, TooManyChannels> {
-        let channel = self
+    ) -> Result<Subscribed, ChannelRefused> {
+        let (rates, now) = (self.budget_rates, self.now_ms);
+        let creator = Creator {
+            peers: &self.shared.peers,
+            peer: self
+                .conns
+                .get(slot)
+                .map_or(crate::limits::UNTRACKED, |c| c.peer),
+        };
+        let conns = &mut self.conns;
+        let may_create = || {
+            conns
+                .get_mut(slot)
+                .is_some_and(|c| c.budget.create_channel(&rates, now))
+        };
+        let channel = match self
             .shared
             .registry
-            .subscribe(name, self.index, self.now_ms)?;
+            .subscribe(name, self.index, now, creator, may_create)
+        {
+            Ok(channel) => channel,
+            Err(refused) => {
+                self.stats.add(Counter::ChannelRefusals, 1);
+                return Err(refused);
+            }
+        };
         // Interest is up (registry.subscribe); only now is the seq read.
         let local = self.channels.open(channel);
         let Some(ch) = self.channels.get_mut(local) else {
-            return Err(TooManyChannels);
+            return Err(ChannelRefused::TableFull);
         };
         let current = ch.channel.last_seq();
         let reset = since.is_some_and(|s| s > current);
@@ -203,7 +263,11 @@ impl ShardCore {
                 s.position = sub.position;
             }
         }
-        self.channels.close_if_unused(sub.channel, self.index);
+        if let Some(channel) = self.channels.close_if_unused(sub.channel, self.index) {
+            self.shared
+                .registry
+                .release_if_unused(&channel, &self.shared.peers);
+        }
     }
 
     /// Fans one channel message out to this shard's subscribers: per

@@ -227,11 +227,8 @@ impl ShardCore {
     ) -> Result<(), ()> {
         let since = |name: &str| query.since.iter().find(|(c, _)| c == name).map(|(_, s)| *s);
         let ack = Ack::Welcome { handshake: prefix };
-        if self
-            .subscribe_and_notify(slot, &query.channels, &since, ack)
-            .is_err()
-        {
-            let frame = encode_close_frame(1013, "server channel limit reached; try again later");
+        if let Err(refused) = self.subscribe_and_notify(slot, &query.channels, &since, ack) {
+            let frame = encode_close_frame(1013, refused.why.reason());
             self.close_with(slot, Some(frame), CloseReason::Error);
             return Err(());
         }

@@ -203,6 +203,7 @@ impl ShardCore {
                 config.client_rate,
                 config.client_bytes_rate,
                 config.max_message,
+                config.max_subscriptions,
             ),
             slow: Vec::new(),
             now_ms,

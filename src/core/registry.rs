@@ -15,14 +15,22 @@
 //! are swept away with their history. Interest is raised under the registry's
 //! read lock and the sweep holds the write lock, so a channel is never swept
 //! while a shard is subscribing to it.
+//!
+//! What clients can make the table hold is bounded: a channel a client made
+//! up (subscribed to, never published) goes as soon as its last subscriber
+//! leaves; such channels count against the client IP that created them
+//! (`PeerLimits::hold_channel`) until a publisher writes to them; and clients
+//! may fill only nine tenths of `--max-channels`, so publishers always find
+//! room for a new channel.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use bytes::Bytes;
 
 use super::history::{History, Released};
+use crate::limits::{PeerLimits, PeerSlot, UNTRACKED};
 
 /// One channel.
 #[derive(Debug)]
@@ -36,6 +44,12 @@ pub struct Channel {
     /// started): a publish or a subscribe.
     last_active: AtomicU64,
     history: Mutex<History>,
+    /// The client IP whose hold of unpublished channels this one counts
+    /// against (`UNTRACKED`: none; cleared by the first publish).
+    creator: AtomicU32,
+    /// Taken out of the table; a publish that still holds it must look the
+    /// channel up again. Set and read under the history lock.
+    retired: AtomicBool,
 }
 
 /// Per-channel history bounds.
@@ -52,14 +66,18 @@ impl Channel {
 
     /// Assigns the next seq, builds the frame for it and records it in the
     /// history. Only the feed calls this (one writer). Returns the seq, the
-    /// frame, and what was evicted from the history to stay within `limits`.
+    /// frame, and what was evicted from the history to stay within `limits`;
+    /// `None` when the channel was retired meanwhile (look it up again).
     pub fn publish(
         &self,
         limits: HistoryLimits,
         now_ms: u64,
         build: impl FnOnce(u64) -> Bytes,
-    ) -> (u64, Bytes, Released) {
+    ) -> Option<(u64, Bytes, Released)> {
         let mut history = self.history();
+        if self.retired.load(SeqCst) {
+            return None;
+        }
         let seq = self.last_seq.load(SeqCst) + 1;
         let frame = build(seq);
         let evicted = if limits.count > 0 {
@@ -70,7 +88,14 @@ impl Channel {
         self.last_seq.store(seq, SeqCst);
         drop(history);
         self.last_active.store(now_ms, SeqCst);
-        (seq, frame, evicted)
+        Some((seq, frame, evicted))
+    }
+
+    /// A publisher wrote to the channel: it no longer counts against the
+    /// client IP that created it.
+    pub fn adopt(&self, peers: &PeerLimits) {
+        let creator = self.creator.swap(UNTRACKED, SeqCst);
+        peers.release_channel(creator);
     }
 
     /// The history, locked. Held briefly: by the feed to append, by a shard
@@ -92,15 +117,48 @@ impl Channel {
     }
 }
 
-/// The channel table would grow past `--max-channels`.
+/// Why a channel was not created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TooManyChannels;
+pub enum ChannelRefused {
+    /// The table is at `--max-channels` (for a client: at the share clients
+    /// may fill).
+    TableFull,
+    /// The client's IP holds as many unpublished channels as it may.
+    IpHoldsTooMany,
+    /// The connection creates channels faster than it may.
+    TooFast,
+}
+
+impl ChannelRefused {
+    /// For the client, with what to do about it.
+    pub fn reason(self) -> &'static str {
+        match self {
+            ChannelRefused::TableFull => "server channel limit reached; try again later",
+            ChannelRefused::IpHoldsTooMany => {
+                "too many channels no one publishes to are held from your address; leave some"
+            }
+            ChannelRefused::TooFast => {
+                "new channels created too fast; subscribe to fewer new channels per minute"
+            }
+        }
+    }
+}
+
+/// Who asks a shard to subscribe to a channel, for the limits on creating one.
+#[derive(Clone, Copy)]
+pub struct Creator<'a> {
+    pub peers: &'a PeerLimits,
+    /// The client IP's slot in `peers` (`UNTRACKED` when its IP has no limits).
+    pub peer: PeerSlot,
+}
 
 pub struct Registry {
     by_name: RwLock<HashMap<Arc<str>, Arc<Channel>>>,
     next_id: AtomicU64,
     shards: usize,
     max_channels: usize,
+    /// Clients create channels only while the table holds fewer than this.
+    client_share: usize,
 }
 
 impl Registry {
@@ -110,18 +168,22 @@ impl Registry {
             next_id: AtomicU64::new(1),
             shards,
             max_channels,
+            client_share: max_channels - max_channels / 10,
         }
     }
 
-    /// For a shard: the channel `name` (created if new) with this shard's
-    /// interest raised, under the lock the sweep excludes. `now_ms` is the
-    /// server clock (the channels' activity time).
+    /// For a shard: the channel `name` with this shard's interest raised,
+    /// under the lock the sweep excludes; created for `creator` if new and
+    /// the limits allow (`may_create` is the connection's own budget).
+    /// `now_ms` is the server clock (the channels' activity time).
     pub fn subscribe(
         &self,
         name: &str,
         shard: usize,
         now_ms: u64,
-    ) -> Result<Arc<Channel>, TooManyChannels> {
+        creator: Creator<'_>,
+        may_create: impl FnOnce() -> bool,
+    ) -> Result<Arc<Channel>, ChannelRefused> {
         {
             let map = self.by_name.read().unwrap_or_else(|e| e.into_inner());
             if let Some(c) = map.get(name) {
@@ -133,22 +195,68 @@ impl Registry {
         let mut map = self.by_name.write().unwrap_or_else(|e| e.into_inner());
         let channel = match map.get(name) {
             Some(c) => c.clone(),
-            None => self.insert_new(&mut map, name, now_ms)?,
+            None => {
+                if map.len() >= self.client_share {
+                    return Err(ChannelRefused::TableFull);
+                }
+                if !creator.peers.hold_channel(creator.peer) {
+                    return Err(ChannelRefused::IpHoldsTooMany);
+                }
+                // Only a channel that would be created spends the budget.
+                if !may_create() {
+                    creator.peers.release_channel(creator.peer);
+                    return Err(ChannelRefused::TooFast);
+                }
+                let channel = self.insert_new(&mut map, name, now_ms)?;
+                channel.creator.store(creator.peer, SeqCst);
+                channel
+            }
         };
         channel.set_interest(shard, true);
         channel.last_active.store(now_ms, SeqCst);
         Ok(channel)
     }
 
+    /// A shard's last subscriber to `channel` left. A channel no shard wants
+    /// and no one ever published to holds nothing worth keeping: it goes now
+    /// rather than after the TTL, so subscribing to made-up names pins
+    /// nothing.
+    pub fn release_if_unused(&self, channel: &Arc<Channel>, peers: &PeerLimits) {
+        if channel.has_interest() || channel.last_seq() != 0 {
+            return;
+        }
+        let mut map = self.by_name.write().unwrap_or_else(|e| e.into_inner());
+        let Some(current) = map.get(&channel.name) else {
+            return;
+        };
+        if !Arc::ptr_eq(current, channel) || channel.has_interest() {
+            return;
+        }
+        // Under the history lock, so a publish either came first (and the
+        // channel stays) or sees it retired and looks it up again.
+        let history = channel.history();
+        if channel.last_seq() != 0 {
+            return;
+        }
+        channel.retired.store(true, SeqCst);
+        drop(history);
+        map.remove(&channel.name);
+        channel.adopt(peers);
+    }
+
     /// Removes channels with no subscriber anywhere and no activity for
     /// `ttl_ms` at `now`; returns the history released with them.
-    pub fn sweep(&self, ttl_ms: u64, now: u64) -> Released {
+    pub fn sweep(&self, ttl_ms: u64, now: u64, peers: &PeerLimits) -> Released {
         let mut map = self.by_name.write().unwrap_or_else(|e| e.into_inner());
         let mut released = Released::default();
         map.retain(|_, c| {
             let idle = now.saturating_sub(c.last_active.load(SeqCst)) >= ttl_ms;
             if idle && !c.has_interest() {
-                released += c.history().clear();
+                let mut history = c.history();
+                c.retired.store(true, SeqCst);
+                released += history.clear();
+                drop(history);
+                c.adopt(peers);
                 false
             } else {
                 true
@@ -165,9 +273,9 @@ impl Registry {
             .cloned()
     }
 
-    /// The channel called `name`, created if new. The caller has validated
-    /// the name.
-    pub fn get_or_create(&self, name: &str, now_ms: u64) -> Result<Arc<Channel>, TooManyChannels> {
+    /// The channel called `name`, created if new (by a publisher: up to
+    /// `--max-channels`). The caller has validated the name.
+    pub fn get_or_create(&self, name: &str, now_ms: u64) -> Result<Arc<Channel>, ChannelRefused> {
         if let Some(c) = self.get(name) {
             return Ok(c);
         }
@@ -183,9 +291,9 @@ impl Registry {
         map: &mut HashMap<Arc<str>, Arc<Channel>>,
         name: &str,
         now_ms: u64,
-    ) -> Result<Arc<Channel>, TooManyChannels> {
+    ) -> Result<Arc<Channel>, ChannelRefused> {
         if map.len() >= self.max_channels {
-            return Err(TooManyChannels);
+            return Err(ChannelRefused::TableFull);
         }
         let name: Arc<str> = Arc::from(name);
         let channel = Arc::new(Channel {
@@ -195,6 +303,8 @@ impl Registry {
             last_seq: AtomicU64::new(0),
             last_active: AtomicU64::new(now_ms),
             history: Mutex::new(History::default()),
+            creator: AtomicU32::new(UNTRACKED),
+            retired: AtomicBool::new(false),
         });
         map.insert(name, channel.clone());
         Ok(channel)
@@ -233,13 +343,33 @@ impl Registry {
 mod tests {
     use super::*;
 
+    fn no_limits() -> PeerLimits {
+        PeerLimits::new(0, 0, 0, false)
+    }
+
+    fn client(peers: &PeerLimits) -> Creator<'_> {
+        Creator {
+            peers,
+            peer: UNTRACKED,
+        }
+    }
+
+    fn publish(c: &Channel, data: &'static str) -> u64 {
+        c.publish(LIMITS, 0, |_| Bytes::from_static(data.as_bytes()))
+            .expect("not retired")
+            .0
+    }
+
     #[test]
     fn create_once_and_cap() {
         let r = Registry::new(2, 2);
         let a = r.get_or_create("a", 0).unwrap();
         assert_eq!(r.get_or_create("a", 0).unwrap().id, a.id);
         r.get_or_create("b", 0).unwrap();
-        assert_eq!(r.get_or_create("c", 0).unwrap_err(), TooManyChannels);
+        assert_eq!(
+            r.get_or_create("c", 0).unwrap_err(),
+            ChannelRefused::TableFull
+        );
         assert_eq!(r.len(), 2);
     }
 
@@ -250,31 +380,117 @@ mod tests {
 
     #[test]
     fn seq_history_and_interest() {
+        let peers = no_limits();
         let r = Registry::new(2, 10);
         let a = r.get_or_create("a", 0).unwrap();
-        let (s1, f1, _) = a.publish(LIMITS, 0, |seq| Bytes::from(format!("m{seq}")));
-        let (s2, _, _) = a.publish(LIMITS, 0, |seq| Bytes::from(format!("m{seq}")));
+        let (s1, f1, _) = a
+            .publish(LIMITS, 0, |seq| Bytes::from(format!("m{seq}")))
+            .unwrap();
+        let s2 = publish(&a, "m2");
         assert_eq!((s1, s2, a.last_seq(), &f1[..]), (1, 2, 2, &b"m1"[..]));
         let history = a.history();
         assert_eq!((history.oldest(), history.len()), (Some(1), 2));
         drop(history);
-        let b = r.subscribe("a", 1, 0).unwrap();
+        let b = r.subscribe("a", 1, 0, client(&peers), || true).unwrap();
         assert!(!b.is_interested(0) && b.is_interested(1));
         assert_eq!(r.busiest(5)[0], (Arc::from("a"), 2));
     }
 
     #[test]
     fn sweep_only_idle_channels_without_subscribers() {
+        let peers = no_limits();
         let r = Registry::new(1, 10);
         let a = r.get_or_create("a", 0).unwrap();
-        a.publish(LIMITS, 0, |_| Bytes::from_static(b"12345"));
-        r.subscribe("b", 0, 0).unwrap();
+        publish(&a, "12345");
+        r.subscribe("b", 0, 0, client(&peers), || true).unwrap();
         // ttl 0: everything is idle; only the unsubscribed one goes.
-        assert_eq!(r.sweep(0, 0).bytes, 5);
+        assert_eq!(r.sweep(0, 0, &peers).bytes, 5);
         assert!(r.get("a").is_none());
         assert!(r.get("b").is_some());
         r.get("b").unwrap().set_interest(0, false);
-        assert_eq!(r.sweep(3_600_000, 0).frames, 0);
+        assert_eq!(r.sweep(3_600_000, 0, &peers).frames, 0);
         assert!(r.get("b").is_some());
+    }
+
+    #[test]
+    fn a_made_up_channel_goes_with_its_last_subscriber() {
+        let peers = no_limits();
+        let r = Registry::new(2, 10);
+        let made_up = r.subscribe("x", 0, 0, client(&peers), || true).unwrap();
+        r.subscribe("x", 1, 0, client(&peers), || true).unwrap();
+        made_up.set_interest(0, false);
+        r.release_if_unused(&made_up, &peers);
+        assert!(r.get("x").is_some(), "shard 1 still wants it");
+        made_up.set_interest(1, false);
+        r.release_if_unused(&made_up, &peers);
+        assert!(r.get("x").is_none());
+        assert!(
+            made_up.publish(LIMITS, 0, |_| Bytes::new()).is_none(),
+            "a publish holding the old one is told to look again"
+        );
+        // One that was published to keeps its seq (and history) until the TTL.
+        let kept = r.subscribe("y", 0, 0, client(&peers), || true).unwrap();
+        publish(&kept, "1");
+        kept.set_interest(0, false);
+        r.release_if_unused(&kept, &peers);
+        assert_eq!(r.get("y").map(|c| c.last_seq()), Some(1));
+    }
+
+    #[test]
+    fn clients_fill_nine_tenths_and_publishers_the_rest() {
+        let peers = no_limits();
+        let r = Registry::new(1, 20);
+        for i in 0..18 {
+            r.subscribe(&format!("c{i}"), 0, 0, client(&peers), || true)
+                .unwrap();
+        }
+        assert_eq!(
+            r.subscribe("c18", 0, 0, client(&peers), || true).err(),
+            Some(ChannelRefused::TableFull)
+        );
+        r.subscribe("c0", 0, 0, client(&peers), || true)
+            .expect("an existing channel is always joined");
+        r.get_or_create("p18", 0).unwrap();
+        r.get_or_create("p19", 0).unwrap();
+        assert_eq!(
+            r.get_or_create("p20", 0).err(),
+            Some(ChannelRefused::TableFull)
+        );
+    }
+
+    #[test]
+    fn creation_counts_against_the_ip_until_published_or_gone() {
+        let peers = PeerLimits::new(0, 0, 2, false);
+        let ip = "192.0.2.7".parse().unwrap();
+        let peer = peers.admit(ip, 0).unwrap();
+        let from_ip = Creator {
+            peers: &peers,
+            peer,
+        };
+        let r = Registry::new(1, 100);
+        let a = r.subscribe("a", 0, 0, from_ip, || true).unwrap();
+        assert_eq!(
+            r.subscribe("d", 0, 0, from_ip, || false).err(),
+            Some(ChannelRefused::TooFast),
+            "the connection's own budget, which holds nothing for the IP"
+        );
+        let b = r.subscribe("b", 0, 0, from_ip, || true).unwrap();
+        assert_eq!(
+            r.subscribe("c", 0, 0, from_ip, || panic!("not asked"))
+                .err(),
+            Some(ChannelRefused::IpHoldsTooMany)
+        );
+        // Published to: a publisher's channel now, not the client's.
+        publish(&a, "1");
+        a.adopt(&peers);
+        r.subscribe("c", 0, 0, from_ip, || true).unwrap();
+        // Left: gone, and the hold with it.
+        b.set_interest(0, false);
+        r.release_if_unused(&b, &peers);
+        r.subscribe("d", 0, 0, from_ip, || true).unwrap();
+        assert!(
+            r.subscribe("a", 0, 0, from_ip, || false).is_ok(),
+            "joining costs nothing"
+        );
     }
 }

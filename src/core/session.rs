@@ -196,11 +196,8 @@ impl ShardCore {
             return self.client_error(slot, &why);
         }
         let since = |name: &str| since.get(name).copied();
-        if self
-            .subscribe_and_notify(slot, &channels, &since, Ack::Subscribed)
-            .is_err()
-        {
-            self.client_error(slot, "server channel limit reached; try again later");
+        if let Err(refused) = self.subscribe_and_notify(slot, &channels, &since, Ack::Subscribed) {
+            self.client_error(slot, &refused.notice());
         }
     }
 

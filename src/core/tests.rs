@@ -74,7 +74,7 @@ impl Sim {
             Arc::new(Shared::new(
                 1,
                 1000,
-                PeerLimits::new(0, 0, false),
+                PeerLimits::new(0, 0, 0, false),
                 "e1".into(),
                 1_700_000_000_000,
             )),
@@ -234,7 +234,9 @@ impl Sim {
             count: 100,
             bytes: 1 << 20,
         };
-        let (seq, frame, _) = ch.publish(limits, self.now, |seq| message_frame(channel, seq, data));
+        let (seq, frame, _) = ch
+            .publish(limits, self.now, |seq| message_frame(channel, seq, data))
+            .expect("a channel the test just looked up");
         if ch.is_interested(0) {
             self.core.deliver(Delivery {
                 channel: ch.id,
@@ -733,7 +735,7 @@ fn healthz_says_starting_until_the_server_is_fully_up() {
     let shared = Arc::new(Shared::new(
         1,
         10,
-        PeerLimits::new(0, 0, false),
+        PeerLimits::new(0, 0, 0, false),
         "e1".into(),
         0,
     ));
@@ -748,4 +750,64 @@ fn healthz_says_starting_until_the_server_is_fully_up() {
     let later = sim.accept();
     sim.recv(later, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
     assert!(sim.rest_text(later).starts_with("HTTP/1.1 200"));
+}
+
+#[test]
+fn made_up_channels_pin_nothing_and_their_creation_is_bounded() {
+    // Eleven subscriptions: `real` and ten made-up ones at a time.
+    let mut sim = Sim::new(CoreConfig {
+        max_subscriptions: 11,
+        ..config()
+    });
+    let flood = sim.connect("/ws?channels=real");
+    sim.frames(flood);
+    let round = |n: usize| -> Vec<String> { (0..10).map(|i| format!("x{n}-{i}")).collect() };
+    let subscribe = |names: &[String]| {
+        client_text(&serde_json::json!({"type": "subscribe", "channels": names}).to_string())
+    };
+    let unsubscribe = |names: &[String]| {
+        client_text(&serde_json::json!({"type": "unsubscribe", "channels": names}).to_string())
+    };
+    // Ten made-up names, then left: the registry forgets them at once.
+    sim.recv(flood, &subscribe(&round(0)));
+    assert_eq!(sim.shared.registry.len(), 11);
+    sim.recv(flood, &unsubscribe(&round(0)));
+    assert_eq!(sim.shared.registry.len(), 1, "only `real` is left");
+    let types: Vec<String> = sim
+        .frames(flood)
+        .iter()
+        .map(|f| f.json()["type"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(types, ["subscribed", "unsubscribed"]);
+    // The connection's allowance of new channels is spent for a minute:
+    // the next made-up names are refused, an existing one is still joined.
+    let mut next = round(1)[..9].to_vec();
+    next.push("real2".into());
+    sim.publish("real2", "1");
+    sim.recv(flood, &subscribe(&next));
+    let frames = sim.frames(flood);
+    assert_eq!(frames[0].json()["type"], "subscribed");
+    assert_eq!(
+        frames[0].json()["channels"],
+        serde_json::json!({"real2": 1})
+    );
+    assert_eq!(frames[1].json()["type"], "error");
+    let why = frames[1].json()["reason"].as_str().unwrap().to_string();
+    assert!(why.contains("'x1-0' and 8 more not created"), "{why}");
+    assert!(why.contains("too fast"), "{why}");
+    assert_eq!(sim.shared.registry.len(), 2);
+    assert_eq!(
+        sim.core.stats.counters[Counter::ChannelRefusals as usize],
+        9
+    );
+    // A minute on, it may create again.
+    sim.advance(60_000);
+    sim.frames(flood);
+    sim.recv(flood, &subscribe(&round(2)[..1]));
+    assert_eq!(sim.frames(flood)[0].json()["type"], "subscribed");
+    // Other clients, and publishers, were never locked out.
+    let other = sim.connect("/ws?channels=brand-new");
+    assert_eq!(sim.frames(other)[0].json()["type"], "welcome");
+    sim.publish("brand-new", "7");
+    assert_eq!(seqs(&sim.frames(other)), vec![1]);
 }

@@ -184,7 +184,11 @@ impl Distributor {
                     self.wake_shards();
                 }
                 _ = sweep.tick() => {
-                    let released = self.shared.registry.sweep(ttl.as_millis() as u64, self.now_ms());
+                    let released = self.shared.registry.sweep(
+                        ttl.as_millis() as u64,
+                        self.now_ms(),
+                        &self.shared.peers,
+                    );
                     self.forget(released);
                     self.publish_history_stats();
                 }
@@ -241,13 +245,24 @@ impl Distributor {
             Err(kind) => return self.refuse(kind, message),
         };
         let now = self.now_ms();
-        let channel = match self.shared.registry.get_or_create(&env.channel, now) {
-            Ok(c) => c,
-            Err(_) => return self.refuse(FeedError::TooManyChannels, message),
+        // A channel subscribers made up and left is retired as the feed may
+        // be about to publish to it; the publish then finds it retired and
+        // looks it up again (finding it gone, it creates it anew).
+        let (channel, (seq, frame, evicted)) = loop {
+            let channel = match self.shared.registry.get_or_create(&env.channel, now) {
+                Ok(c) => c,
+                Err(_) => return self.refuse(FeedError::TooManyChannels, message),
+            };
+            let published = channel.publish(self.history.per_channel, now, |seq| {
+                envelope::encode_frame(&channel.name, seq, env.data)
+            });
+            if let Some(published) = published {
+                break (channel, published);
+            }
         };
-        let (seq, frame, evicted) = channel.publish(self.history.per_channel, now, |seq| {
-            envelope::encode_frame(&channel.name, seq, env.data)
-        });
+        if seq == 1 {
+            channel.adopt(&self.shared.peers);
+        }
         self.retain(&channel, seq, frame.len(), evicted);
         self.stats.published.fetch_add(1, Relaxed);
         for link in &mut self.shards {

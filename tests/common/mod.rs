@@ -420,6 +420,22 @@ impl RawClient {
         c
     }
 
+    /// Connects from the loopback address `source` (127.0.0.x: another
+    /// client IP for the per-IP limits) and completes the handshake on `path`.
+    pub fn connect_from(source: std::net::IpAddr, addr: SocketAddr, path: &str) -> RawClient {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        socket
+            .bind(&SocketAddr::new(source, 0).into())
+            .expect("bind the source address");
+        socket.connect(&addr.into()).expect("connect");
+        let mut c = RawClient::from_stream(socket.into());
+        c.send_raw(upgrade_request(path).as_bytes());
+        let head = c.read_head();
+        assert!(head.starts_with("HTTP/1.1 101"), "upgrade refused: {head}");
+        c
+    }
+
     pub fn connect_tcp(addr: SocketAddr) -> RawClient {
         RawClient::from_stream(TcpStream::connect(addr).expect("connect"))
     }
