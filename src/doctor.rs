@@ -30,19 +30,35 @@ pub const KERNEL_BYTES_PER_IDLE_SOCKET: u64 = 5632;
 /// ringcast's own memory per idle connection: RSS growth measured with
 /// `ringcast bench` (S3: 238 bytes at 19,000 connections), rounded up.
 pub const RINGCAST_BYTES_PER_CONNECTION: u64 = 256;
-/// File descriptors ringcast needs besides clients: listeners, rings,
-/// eventfds, feed sockets and publishers, logs.
-pub fn reserved_fds(cpus: u64) -> u64 {
-    64 + 8 * cpus
+use crate::tuning::{self, Host};
+
+/// How to keep the settings: the file for this host.
+fn keep(connections: u64) -> String {
+    format!(
+        "to keep it: ringcast doctor --connections {connections} --sysctl > /etc/sysctl.d/99-ringcast.conf && sysctl --system"
+    )
 }
 
-/// Runs every check for `connections` connections.
-pub fn run(connections: u64) -> Vec<Check> {
+/// This host, as the tuning is sized for it.
+pub fn this_host(connections: u64) -> Host {
     let cpus = crate::sys::allowed_cpus()
         .map(|c| c.len() as u64)
         .unwrap_or(1)
         .max(1);
-    let fds = connections + reserved_fds(cpus);
+    Host {
+        connections,
+        cpus,
+        memory: meminfo_kib("MemTotal").map(|k| k * 1024),
+        nr_open: sysctl_u64("fs/nr_open"),
+        file_max: sysctl_u64("fs/file-max"),
+    }
+}
+
+/// Runs every check for `connections` connections.
+pub fn run(connections: u64) -> Vec<Check> {
+    let host = this_host(connections);
+    let cpus = host.cpus;
+    let fds = host.descriptors();
     let mut checks = Vec::new();
 
     let (soft, hard) = crate::sys::nofile_limit().unwrap_or((0, 0));
@@ -51,31 +67,31 @@ pub fn run(connections: u64) -> Vec<Check> {
         verdict: if hard >= fds { Verdict::Ok } else { Verdict::Fail },
         detail: format!(
             "soft {soft}, hard {hard}; need {fds} ({connections} clients + {} for ringcast). `serve` raises the soft limit to the hard one",
-            reserved_fds(cpus)
+            tuning::reserved_fds(cpus)
         ),
         fix: format!(
             "under systemd: LimitNOFILE={} in the unit (systemd/ringcast.service sets 1048576); \
              from a shell: copy tuning/limits.d/ringcast.conf to /etc/security/limits.d/ and log in again. \
              The hard limit cannot exceed fs.nr_open",
-            fds.max(1_048_576)
+            fds.max(tuning::UNIT_NOFILE)
         ),
     });
 
-    let nr_open = sysctl_u64("fs/nr_open");
     checks.push(min_sysctl(
         "fs.nr_open",
-        nr_open,
-        fds,
+        host.nr_open,
+        tuning::nr_open_needed(&host),
         Verdict::Fail,
         "the most LimitNOFILE can be",
+        connections,
     ));
-    let file_max = sysctl_u64("fs/file-max");
     checks.push(min_sysctl(
         "fs.file-max",
-        file_max,
-        fds + fds / 10,
+        host.file_max,
+        tuning::file_max_needed(&host),
         Verdict::Fail,
         "open files system-wide, with 10% room for everything else",
+        connections,
     ));
 
     checks.push(io_driver_check());
@@ -104,7 +120,9 @@ pub fn run(connections: u64) -> Vec<Check> {
         .get(2)
         .copied()
         .map(|p| p * 4096);
-    let busy_need = connections * 8 * 1024;
+    let busy_need = connections * tuning::BUSY_SOCKET_BYTES;
+    let sized = host.memory.map(tuning::tcp_mem_pages);
+    let sized_max = sized.map_or(0, |p| p[2] * 4096);
     checks.push(Check {
         name: "net.ipv4.tcp_mem",
         verdict: match tcp_mem_max {
@@ -112,34 +130,49 @@ pub fn run(connections: u64) -> Vec<Check> {
             _ => Verdict::Warn,
         },
         detail: format!(
-            "max {} for all TCP buffers; {connections} sockets holding 8 KiB each when busy need {}",
+            "max {} for all TCP buffers; {connections} sockets holding {} each when busy need {}",
             human(tcp_mem_max.unwrap_or(0)),
+            human(tuning::BUSY_SOCKET_BYTES),
             human(busy_need)
         ),
-        fix: format!(
-            "sysctl -w net.ipv4.tcp_mem='{} {} {}' (pages), or tuning/sysctl.d/99-ringcast.conf",
-            busy_need / 4096 / 2,
-            busy_need / 4096,
-            busy_need / 4096 * 2
-        ),
+        fix: match sized {
+            Some([min, pressure, max]) => format!(
+                "sysctl -w net.ipv4.tcp_mem='{min} {pressure} {max}' (pages: a quarter of this host's {}); {}{}",
+                human(host.memory.unwrap_or(0)),
+                keep(connections),
+                if sized_max < busy_need {
+                    format!(
+                        ". Even that ({}) cannot give every socket its share: add memory, or spread the clients over more hosts",
+                        human(sized_max)
+                    )
+                } else {
+                    String::new()
+                }
+            ),
+            None => "add memory, or spread the clients over more hosts (MemTotal unreadable)".into(),
+        },
     });
-    for (name, key) in [
-        ("net.ipv4.tcp_rmem", "net/ipv4/tcp_rmem"),
-        ("net.ipv4.tcp_wmem", "net/ipv4/tcp_wmem"),
+    for (name, key, want) in [
+        ("net.ipv4.tcp_rmem", "net/ipv4/tcp_rmem", tuning::TCP_RMEM),
+        ("net.ipv4.tcp_wmem", "net/ipv4/tcp_wmem", tuning::TCP_WMEM),
     ] {
         let fields = sysctl_fields(key);
         let default = fields.get(1).copied().unwrap_or(0);
-        let small = default <= 16 * 1024 || connections < 100_000;
+        let small = default <= want[1] || connections < 100_000;
         checks.push(Check {
             name,
             verdict: if small { Verdict::Ok } else { Verdict::Warn },
             detail: format!(
-                "default buffer {}; at {connections} connections the default is what every socket starts with",
-                human(default)
+                "default buffer {} (want at most {}); at {connections} connections the default is what every socket starts with",
+                human(default),
+                human(want[1])
             ),
             fix: format!(
-                "sysctl -w {name}='4096 16384 {}' (autotuning still grows busy sockets), or tuning/sysctl.d/99-ringcast.conf",
-                fields.get(2).copied().unwrap_or(4 << 20)
+                "sysctl -w {name}='{} {} {}' (autotuning still grows busy sockets); {}",
+                want[0],
+                want[1],
+                want[2],
+                keep(connections)
             ),
         });
     }
@@ -147,23 +180,26 @@ pub fn run(connections: u64) -> Vec<Check> {
     checks.push(min_sysctl(
         "net.core.somaxconn",
         sysctl_u64("net/core/somaxconn"),
-        4096,
+        tuning::SOMAXCONN,
         Verdict::Warn,
         "accept backlog: a reconnect storm after a deploy arrives all at once",
+        connections,
     ));
     checks.push(min_sysctl(
         "net.ipv4.tcp_max_syn_backlog",
         sysctl_u64("net/ipv4/tcp_max_syn_backlog"),
-        8192,
+        tuning::SYN_BACKLOG,
         Verdict::Warn,
         "half-open connections queued during a reconnect storm",
+        connections,
     ));
     checks.push(min_sysctl(
         "net.core.netdev_max_backlog",
         sysctl_u64("net/core/netdev_max_backlog"),
-        4096,
+        tuning::NETDEV_BACKLOG,
         Verdict::Warn,
         "packets queued per CPU before the stack drops them",
+        connections,
     ));
     let range = sysctl_fields("net/ipv4/ip_local_port_range");
     let width = match range.as_slice() {
@@ -250,9 +286,15 @@ fn io_driver_check() -> Check {
     }
 }
 
-fn min_sysctl(name: &'static str, have: Option<u64>, need: u64, fail: Verdict, why: &str) -> Check {
+fn min_sysctl(
+    name: &'static str,
+    have: Option<u64>,
+    need: u64,
+    fail: Verdict,
+    why: &str,
+    connections: u64,
+) -> Check {
     let ok = have.is_some_and(|h| h >= need);
-    let file_key = name;
     Check {
         name,
         verdict: if ok { Verdict::Ok } else { fail },
@@ -260,9 +302,7 @@ fn min_sysctl(name: &'static str, have: Option<u64>, need: u64, fail: Verdict, w
             "{} (want at least {need}: {why})",
             have.map_or("unreadable".to_owned(), |h| h.to_string())
         ),
-        fix: format!(
-            "sysctl -w {file_key}={need}; to keep it, install tuning/sysctl.d/99-ringcast.conf in /etc/sysctl.d/"
-        ),
+        fix: format!("sysctl -w {name}={need}; {}", keep(connections)),
     }
 }
 

@@ -25,4 +25,5 @@ pub mod protocol;
 pub mod publish;
 pub mod server;
 pub mod sys;
+pub mod tuning;
 pub mod uring;

@@ -34,6 +34,18 @@ fn main() -> ExitCode {
         Command::Publish(args) => publish(args),
         Command::Bench(args) => bench(args),
         Command::Token(args) => token(args),
+        Command::Doctor(args) if args.reference_sysctl => {
+            print!(
+                "{}",
+                ringcast::tuning::sysctl_file(&ringcast::tuning::Host::REFERENCE)
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Doctor(args) if args.sysctl => {
+            let host = ringcast::doctor::this_host(args.connections);
+            print!("{}", ringcast::tuning::sysctl_file(&host));
+            ExitCode::SUCCESS
+        }
         Command::Doctor(args) => {
             let checks = ringcast::doctor::run(args.connections);
             let (report, code) = ringcast::doctor::report(args.connections, &checks);

@@ -223,7 +223,7 @@ pub fn start(config: &ServeConfig) -> Result<Running, StartError> {
 /// allows. A configured limit that cannot fit is reported loudly (it still
 /// applies: connections past the file limit fail at accept and are logged).
 fn connection_budget(config: &ServeConfig, open_files: u64, shards: usize) -> usize {
-    let reserved = crate::doctor::reserved_fds(shards as u64);
+    let reserved = crate::tuning::reserved_fds(shards as u64);
     let fits = open_files.saturating_sub(reserved) as usize;
     match config.max_connections {
         None => fits,
@@ -260,7 +260,9 @@ fn bind_listeners(addr: SocketAddr, count: usize) -> Result<Vec<Socket>, StartEr
     for _ in 0..count {
         let socket = new_socket(bound, true).map_err(fail)?;
         socket.bind(&bound.into()).map_err(fail)?;
-        socket.listen(65535).map_err(fail)?;
+        socket
+            .listen(crate::tuning::SOMAXCONN as i32)
+            .map_err(fail)?;
         if bound.port() == 0 {
             // Port 0: the first listener picks the port, the others join it.
             if let Some(actual) = socket.local_addr().ok().and_then(|a| a.as_socket()) {

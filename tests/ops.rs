@@ -163,6 +163,63 @@ fn configured_limit_that_cannot_fit_is_reported() {
 }
 
 #[test]
+fn doctor_prints_the_kernel_settings_for_this_host() {
+    let out = Command::new(BIN)
+        .args(["doctor", "--connections", "1000000", "--sysctl"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let file = String::from_utf8(out.stdout).unwrap();
+    let setting = |key: &str| {
+        file.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key} = ")))
+            .map(str::to_owned)
+    };
+    let read = |path: &str| std::fs::read_to_string(path).unwrap();
+    // tcp_mem: at most a quarter of this host's memory, in pages.
+    let mem_kib: u64 = read("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    let max_pages = mem_kib * 1024 / 4 / 4096;
+    assert_eq!(
+        setting("net.ipv4.tcp_mem"),
+        Some(format!(
+            "{} {} {max_pages}",
+            max_pages / 2,
+            max_pages / 4 * 3
+        )),
+        "{file}"
+    );
+    // The descriptor limits: written only where this host has less than a
+    // million connections need, never lowering what it has.
+    for (key, path) in [
+        ("fs.nr_open", "/proc/sys/fs/nr_open"),
+        ("fs.file-max", "/proc/sys/fs/file-max"),
+    ] {
+        let have: u64 = read(path).trim().parse().unwrap();
+        match setting(key) {
+            Some(value) => assert!(
+                value.parse::<u64>().unwrap() > have,
+                "{key} lowered: {file}"
+            ),
+            None => assert!(
+                file.contains(&format!("({have} on this host already")),
+                "{file}"
+            ),
+        }
+    }
+    // Every line a sysctl.d file may hold: comments, blanks, `key = value`.
+    for line in file.lines() {
+        assert!(
+            line.is_empty() || line.starts_with('#') || line.contains(" = "),
+            "{line}"
+        );
+    }
+}
+
+#[test]
 fn doctor_reports_the_real_limits() {
     let mut lim = libc::rlimit {
         rlim_cur: 0,

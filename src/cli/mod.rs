@@ -118,6 +118,13 @@ pub struct DoctorArgs {
     /// Connections to check for.
     #[arg(long, value_name = "N", default_value_t = 100_000)]
     pub connections: u64,
+    /// Print the sysctl.d file for N connections on this host (sized from its
+    /// memory; limits it already has are not lowered), instead of checking.
+    #[arg(long)]
+    pub sysctl: bool,
+    /// Print the file shipped in tuning/sysctl.d/ (for no host in particular).
+    #[arg(long, hide = true)]
+    pub reference_sysctl: bool,
 }
 
 /// `ringcast publish`: DATA is sent as the message's `data`, verbatim when it

@@ -19,7 +19,7 @@ use super::{FeedStats, Incoming};
 
 /// Kernel receive buffer asked for the UDP socket, to ride out bursts while
 /// the distributor is busy (capped by net.core.rmem_max).
-const UDP_RCVBUF: usize = 8 << 20;
+const UDP_RCVBUF: usize = crate::tuning::UDP_FEED_BUFFER as usize;
 
 /// Binds the UDP feed socket.
 pub fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
