@@ -7,6 +7,12 @@
 //! Rotation is therefore: put the new secret first, reload (SIGHUP; nobody is
 //! disconnected), mint with it, and drop the old line once its tokens have
 //! expired (and reload again).
+//!
+//! Under systemd the secret arrives as a credential (`LoadCredential=
+//! auth-secret:/etc/ringcast/secret`): systemd copies the root-only file into
+//! a directory only the service's (dynamic) user can read, and names it in
+//! `$CREDENTIALS_DIRECTORY`. With no `--auth-secret-file`, that credential
+//! turns authentication on.
 
 use std::path::{Path, PathBuf};
 use std::sync::{PoisonError, RwLock};
@@ -91,6 +97,20 @@ impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Authenticator({} secret(s))", self.key_count())
     }
+}
+
+/// The systemd credential that carries the secret.
+pub const CREDENTIAL: &str = "auth-secret";
+
+/// The secret file to use: the one configured, else the `auth-secret`
+/// credential when systemd passed one.
+pub fn secret_source(configured: Option<&Path>) -> Option<PathBuf> {
+    if let Some(path) = configured {
+        return Some(path.to_owned());
+    }
+    let dir = std::env::var_os("CREDENTIALS_DIRECTORY")?;
+    let path = Path::new(&dir).join(CREDENTIAL);
+    path.exists().then_some(path)
 }
 
 /// Accepted clock skew between the minting host and this one.
@@ -226,16 +246,27 @@ pub fn mint_with(
 /// readable by other users.
 fn read_secrets(path: &Path) -> Result<Vec<Vec<u8>>, String> {
     use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path)
-        .map_err(|e| format!("cannot read the secret file {}: {e}", path.display()))?;
+    let unreadable = |e: std::io::Error| {
+        let mut why = format!("cannot read the secret file {}: {e}", path.display());
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            why.push_str(&format!(
+                ". The server runs as uid {}; under systemd (DynamicUser=) pass the file as a \
+                 credential instead: LoadCredential={CREDENTIAL}:{} in the unit and no \
+                 auth-secret-file (see the README's Security section)",
+                rustix::process::getuid().as_raw(),
+                path.display()
+            ));
+        }
+        why
+    };
+    let meta = std::fs::metadata(path).map_err(unreadable)?;
     if meta.permissions().mode() & 0o004 != 0 {
         return Err(format!(
             "the secret file {} is readable by every user; chmod 600 it (or 640 for a group)",
             path.display()
         ));
     }
-    let text = std::fs::read(path)
-        .map_err(|e| format!("cannot read the secret file {}: {e}", path.display()))?;
+    let text = std::fs::read(path).map_err(unreadable)?;
     let secrets: Vec<Vec<u8>> = text
         .split(|&b| b == b'\n')
         .map(|line| line.trim_ascii().to_vec())

@@ -102,10 +102,18 @@ pub fn start(config: &ServeConfig) -> Result<Running, StartError> {
         );
     }
     let max_connections = connection_budget(config, open_files, shard_count);
-    let auth = match &config.auth_secret_file {
-        Some(path) => Some(Arc::new(
-            crate::auth::Authenticator::from_file(path).map_err(StartError)?,
-        )),
+    let auth = match crate::auth::secret_source(config.auth_secret_file.as_deref()) {
+        Some(path) => {
+            let auth = crate::auth::Authenticator::from_file(&path).map_err(StartError)?;
+            if config.auth_secret_file.is_none() {
+                tracing::info!(
+                    "authentication on: the secret comes from the systemd credential '{}' ({})",
+                    crate::auth::CREDENTIAL,
+                    path.display()
+                );
+            }
+            Some(Arc::new(auth))
+        }
         None => None,
     };
     let inherited = crate::activation::take_listener().map_err(StartError)?;
@@ -566,7 +574,7 @@ async fn reload_on_hangup(
     while hangups.recv().await.is_some() {
         crate::notify::notify("RELOADING=1");
         match auth.as_deref().map(|a| a.reload()) {
-            None => tracing::info!("SIGHUP: nothing to reload (no --auth-secret-file)"),
+            None => tracing::info!("SIGHUP: nothing to reload (authentication is off)"),
             Some(Ok(n)) => tracing::info!("SIGHUP: reloaded the secret file ({n} secret(s))"),
             Some(Err(e)) => tracing::warn!("SIGHUP: kept the current secrets: {e}"),
         }

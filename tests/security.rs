@@ -6,6 +6,7 @@ mod common;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -465,4 +466,140 @@ fn per_ip_limits_behind_a_trusted_proxy() {
             c
         })
         .collect();
+}
+
+/// The user the server runs as to stand in for a systemd unit's dynamic
+/// user: `nobody` when the tests run as root and can switch to it, else the
+/// tests' own (unprivileged already). True when it is another user.
+fn unit_user() -> (u32, u32, bool) {
+    if rustix::process::getuid().is_root() {
+        (65534, 65534, true)
+    } else {
+        let (uid, gid) = (rustix::process::getuid(), rustix::process::getgid());
+        (uid.as_raw(), gid.as_raw(), false)
+    }
+}
+
+#[test]
+fn under_the_unit_the_secret_arrives_as_a_credential_and_reloads() {
+    let (uid, gid, switched) = unit_user();
+    // What systemd builds for LoadCredential=auth-secret:/etc/ringcast/secret:
+    // a directory and a copy of the file, readable by the service's user only.
+    let (_root_dir, root_secret) = secret_file();
+    let creds = tempfile::tempdir().unwrap();
+    let credential = creds.path().join("auth-secret");
+    let install = |from: &std::path::Path| {
+        let staged = creds.path().join(".staged");
+        std::fs::copy(from, &staged).unwrap();
+        std::os::unix::fs::chown(&staged, Some(uid), Some(gid)).unwrap();
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o400)).unwrap();
+        // Swapped in whole, as systemd's refresh on reload does.
+        std::fs::rename(&staged, &credential).unwrap();
+    };
+    install(&root_secret);
+    std::os::unix::fs::chown(creds.path(), Some(uid), Some(gid)).unwrap();
+    std::fs::set_permissions(creds.path(), std::fs::Permissions::from_mode(0o500)).unwrap();
+    let creds_dir = creds.path().to_str().unwrap();
+
+    // The root-only file itself is what the unit's user cannot read: the
+    // server says so, with the line that fixes it, and does not start.
+    if switched {
+        root_only_secret_is_refused_with_the_fix(&root_secret, uid, gid);
+    }
+
+    // With the credential, no auth-secret-file: authentication is on.
+    let server = Server::start_as(
+        uid,
+        gid,
+        &["--unix", "feed.sock"],
+        &[("CREDENTIALS_DIRECTORY", creds_dir)],
+    );
+    assert!(
+        server.log().contains(
+            "authentication on: the secret comes from the systemd credential 'auth-secret'"
+        ),
+        "{}",
+        server.log()
+    );
+    let token = mint(&root_secret, "prices", "10m");
+    let (status, _, client) = upgrade(&server, &format!("/ws?channels=prices&token={token}"), &[]);
+    assert_eq!(status, 101);
+    let mut client = client.unwrap();
+    assert_eq!(next(&mut client)["type"], "welcome");
+    // A token signed with any other secret is refused.
+    let (_other_dir, other) = secret_file();
+    std::fs::write(&other, "rotated-secret-0123456789-0123456789-abcd\n").unwrap();
+    let rotated = mint(&other, "prices", "10m");
+    assert_eq!(
+        upgrade(
+            &server,
+            &format!("/ws?channels=prices&token={rotated}"),
+            &[]
+        )
+        .0,
+        401
+    );
+
+    // Rotation: the new secret first, the old one second; systemd refreshes
+    // the credential, the reload (SIGHUP) re-reads it.
+    let both = root_secret.with_file_name("both");
+    std::fs::write(
+        &both,
+        "rotated-secret-0123456789-0123456789-abcd\ntest-secret-0123456789-0123456789-abcdef\n",
+    )
+    .unwrap();
+    install(&both);
+    server.signal(libc::SIGHUP);
+    server
+        .wait_for_log(
+            "SIGHUP: reloaded the secret file (2 secret(s))",
+            Duration::from_secs(10),
+        )
+        .unwrap_or_else(|| panic!("no reload; log:\n{}", server.log()));
+    assert_eq!(
+        upgrade(
+            &server,
+            &format!("/ws?channels=prices&token={rotated}"),
+            &[]
+        )
+        .0,
+        101
+    );
+    assert_eq!(
+        upgrade(&server, &format!("/ws?channels=prices&token={token}"), &[]).0,
+        101,
+        "the old one still verifies"
+    );
+}
+
+/// The server as `uid` with a secret file only root may read: it does not
+/// start, and says how to pass the file instead.
+fn root_only_secret_is_refused_with_the_fix(root_secret: &std::path::Path, uid: u32, gid: u32) {
+    let refused = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--udp",
+            "off",
+            "--unix",
+            "off",
+        ])
+        .arg("--auth-secret-file")
+        .arg(root_secret)
+        .current_dir("/")
+        .uid(uid)
+        .gid(gid)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(why.contains("Permission denied"), "{why}");
+    assert!(
+        why.contains(&format!(
+            "LoadCredential=auth-secret:{}",
+            root_secret.display()
+        )),
+        "{why}"
+    );
 }

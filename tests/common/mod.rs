@@ -117,10 +117,34 @@ impl Server {
         Some(Server::launch(cmd, args))
     }
 
+    /// As [`Server::start_with_env`], as the unprivileged `uid`:`gid` (the
+    /// harness must be root to switch), in a working directory it owns: the
+    /// server as a systemd unit's dynamic user sees the host.
+    pub fn start_as(uid: u32, gid: u32, args: &[&str], env: &[(&str, &str)]) -> Server {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(BIN);
+        cmd.envs(env.iter().copied()).uid(uid).gid(gid);
+        cmd.args(["serve", "--listen", "127.0.0.1:0"]);
+        Server::launch_in(cmd, args, |dir| {
+            std::os::unix::fs::chown(dir, Some(uid), Some(gid))
+                .expect("chown the working directory")
+        })
+    }
+
     /// Runs `cmd` (ringcast serve, its arguments up to `args`), feeds off
     /// unless `args` set them, and waits for its start-up line.
-    fn launch(mut cmd: Command, args: &[&str]) -> Server {
+    fn launch(cmd: Command, args: &[&str]) -> Server {
+        Server::launch_in(cmd, args, |_| {})
+    }
+
+    /// As [`Server::launch`], with `prepare` run on the working directory first.
+    fn launch_in(
+        mut cmd: Command,
+        args: &[&str],
+        prepare: impl FnOnce(&std::path::Path),
+    ) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
+        prepare(dir.path());
         if !args.contains(&"--udp") {
             cmd.args(["--udp", "off"]);
         }
