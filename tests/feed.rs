@@ -290,3 +290,55 @@ fn udp_drops_are_counted_under_the_units_proc() {
     let received = server.wait_metric("ringcast_feed_messages_total", &["udp"], |v| v > 0);
     assert!(received + drops <= 20_000, "{received} + {drops}");
 }
+
+#[test]
+fn publish_from_a_terminal_says_it_reads_lines() {
+    let server = Server::start(&["--unix", "feed.sock"]);
+    let mut sub = RawClient::connect(server.addr, "/ws?channels=typed");
+    sub.read_welcome();
+    server.wait_metric("ringcast_subscriptions", &[], |v| v == 1);
+    // stdin is a terminal (a pseudo-terminal's far end).
+    let (mut master, slave) = {
+        let (mut m, mut s) = (0, 0);
+        // SAFETY (test): openpty fills two descriptors we then own.
+        let rc = unsafe {
+            libc::openpty(
+                &mut m,
+                &mut s,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+        use std::os::fd::FromRawFd;
+        // SAFETY (test): both were just opened and are owned by nobody else.
+        unsafe {
+            (
+                std::fs::File::from_raw_fd(m),
+                std::os::fd::OwnedFd::from_raw_fd(s),
+            )
+        }
+    };
+    let mut publish = Command::new(BIN)
+        .args(["publish", "--channel", "typed", "--unix"])
+        .arg(server.unix.as_ref().unwrap())
+        .stdin(Stdio::from(slave))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(publish.stderr.take().unwrap());
+    let mut notice = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut notice).unwrap();
+    assert!(
+        notice.contains("no DATA given: publishing each line you type (Ctrl-D to end)"),
+        "{notice}"
+    );
+    // A line, then Ctrl-D at the start of a line: end of input.
+    master.write_all(b"hello\n\x04").unwrap();
+    let frame = sub.read_non_ping().expect("the typed line");
+    let message: serde_json::Value = serde_json::from_str(frame.text()).unwrap();
+    assert_eq!(message["data"], "hello");
+    assert!(publish.wait().unwrap().success());
+}
