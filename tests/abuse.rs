@@ -218,8 +218,14 @@ fn subscribing_to_made_up_channels_pins_nothing_and_locks_nobody_out() {
                     let Some((_, refusal)) = subscribe(&mut c, &names) else {
                         break; // closed for too many refused messages
                     };
+                    // Refused once the connection has created its allowance
+                    // for the minute, or while the others hold the clients'
+                    // share of the table.
                     if let Some(why) = refusal {
-                        assert!(why.contains("too fast"), "{why}");
+                        assert!(
+                            why.contains("too fast") || why.contains("channel limit reached"),
+                            "{why}"
+                        );
                         refused += 1;
                     }
                     c.send_text(&control("unsubscribe", &names));
