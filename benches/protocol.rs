@@ -53,7 +53,7 @@ fn handshake(c: &mut Criterion) {
         b.iter(|| {
             let (head, _) = parse_request_head(black_box(request)).unwrap().unwrap();
             let accept = validate_upgrade(&head).unwrap();
-            switching_protocols(&accept, None)
+            switching_protocols(&accept, None, None)
         })
     });
 }

@@ -122,7 +122,7 @@ fn main() -> std::io::Result<()> {
                             .extend_from_slice(&driver.received(bid, c.result as usize));
                         if let Ok(Some((head, _))) = parse_request_head(&conn.head) {
                             let response = match validate_upgrade(&head) {
-                                Ok(accept) => switching_protocols(&accept, None),
+                                Ok(accept) => switching_protocols(&accept, None, None),
                                 Err(r) => r.response(),
                             };
                             // SAFETY: a blocking write of a small buffer we own.

@@ -208,10 +208,43 @@ impl MetricsSource {
                 "counter",
                 feed.history_evicted_by_total_cap.load(Relaxed),
             ),
+            (
+                "ringcast_compressed_clients",
+                "Subscribers that take broadcast messages compressed (permessage-deflate).",
+                "gauge",
+                self.shared.deflate_clients.load(Relaxed),
+            ),
+            (
+                "ringcast_compressed_messages_total",
+                "Broadcast messages compressed: once each, for every subscriber that negotiated permessage-deflate.",
+                "counter",
+                feed.compressed_messages.load(Relaxed),
+            ),
+            (
+                "ringcast_compression_input_bytes_total",
+                "Payload bytes of the messages compressed, before compression.",
+                "counter",
+                feed.compression_in_bytes.load(Relaxed),
+            ),
+            (
+                "ringcast_compression_output_bytes_total",
+                "Payload bytes of the messages compressed, after compression.",
+                "counter",
+                feed.compression_out_bytes.load(Relaxed),
+            ),
         ];
         for (name, help, kind, value) in single {
             metrics::write_single(out, name, help, kind, value);
         }
+        let name = "ringcast_compression_seconds_total";
+        metrics::write_header(
+            out,
+            name,
+            "Time the feed spent compressing messages.",
+            "counter",
+        );
+        let seconds = feed.compression_ns.load(Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{name} {seconds:.6}");
         let name = "ringcast_feed_messages_total";
         metrics::write_header(out, name, "Feed messages received, by socket.", "counter");
         let _ = writeln!(

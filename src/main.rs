@@ -91,6 +91,7 @@ fn bench(args: BenchArgs) -> ExitCode {
             feed: args.feed.parse()?,
             channel: args.channel.clone(),
             size: args.size,
+            compression: args.compression,
             rates: args.rate.clone(),
             duration: duration(&args.duration, "--duration")?,
             drain: duration(&args.drain, "--drain")?,

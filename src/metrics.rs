@@ -188,6 +188,8 @@ pub enum CloseReason {
     ProtocolError,
     /// Text that was not UTF-8 (1007).
     InvalidUtf8,
+    /// A compressed message that did not inflate (1007).
+    BadCompression,
     /// A message over the limit (1009).
     MessageTooBig,
     /// Over the high-water mark (4008).
@@ -212,11 +214,12 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 14] = [
+    pub const ALL: [CloseReason; 15] = [
         CloseReason::ClientClose,
         CloseReason::HttpDone,
         CloseReason::ProtocolError,
         CloseReason::InvalidUtf8,
+        CloseReason::BadCompression,
         CloseReason::MessageTooBig,
         CloseReason::SlowClient,
         CloseReason::PolicyViolation,
@@ -236,6 +239,7 @@ impl CloseReason {
             CloseReason::HttpDone => "http_done",
             CloseReason::ProtocolError => "protocol_error",
             CloseReason::InvalidUtf8 => "invalid_utf8",
+            CloseReason::BadCompression => "bad_compression",
             CloseReason::MessageTooBig => "message_too_big",
             CloseReason::SlowClient => "slow_client",
             CloseReason::PolicyViolation => "policy_violation",

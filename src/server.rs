@@ -150,6 +150,8 @@ pub fn start(config: &ServeConfig) -> Result<Running, StartError> {
         client_bytes_rate: config.client_bytes_rate.min(u64::from(u32::MAX / 4)) as u32,
         client_rate: config.client_rate,
         serve_metrics: config.metrics_listen.is_none(),
+        compression: config.compression,
+        compression_min_size: config.compression_min_size,
     });
     let driver_config = Arc::new(DriverConfig {
         io,
@@ -400,6 +402,9 @@ pub fn serve(config: ServeConfig) -> Result<(), StartError> {
             running.started,
             links,
             history,
+            config
+                .compression
+                .then(|| crate::feed::Compression::new(config.compression_min_size)),
         );
         tokio::spawn(distributor.run(rx));
         crate::notify::notify("READY=1");

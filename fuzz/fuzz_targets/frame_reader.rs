@@ -1,6 +1,7 @@
 //! The client-frame reader, with its fragmentation and UTF-8 state carried
 //! across arbitrary splits of the input. The first bytes choose the message
-//! limit and the split sizes.
+//! limit, the split sizes, and whether permessage-deflate was negotiated
+//! (then RSV1 messages are inflated: still within the limit, still UTF-8).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -11,8 +12,12 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let max = usize::from(u16::from_le_bytes([data[0], data[1]]));
-    let step = usize::from(data[2]).max(1);
-    let mut reader = FrameReader::new(max);
+    let step = usize::from(data[2] & 0x7f).max(1);
+    let mut reader = if data[2] & 0x80 != 0 {
+        FrameReader::with_deflate(max)
+    } else {
+        FrameReader::new(max)
+    };
     for piece in data[3..].chunks(step) {
         let result = reader.feed(piece, &mut |event| {
             match event {

@@ -38,6 +38,8 @@ pub struct BenchOptions {
     pub feed: FeedTarget,
     pub channel: String,
     pub size: usize,
+    /// Clients offer permessage-deflate.
+    pub compression: bool,
     /// Publish rates to run, one step each (messages per second); empty or
     /// 0: hold the connections idle for `duration` (memory per connection).
     pub rates: Vec<f64>,
@@ -69,6 +71,9 @@ pub struct StepResult {
     pub received: u64,
     pub ratio: f64,
     pub deliveries_per_sec: f64,
+    /// Bytes the clients read per delivery (frames and headers, all kinds):
+    /// what the wire carried.
+    pub wire_bytes_per_delivery: f64,
     pub gaps: u64,
     pub dups: u64,
     pub slow_cut: u64,
@@ -106,7 +111,8 @@ pub struct Report {
 /// Runs the benchmark. In a worker process, runs its share of the clients
 /// and returns `None` when the parent is done with it.
 pub fn run(opts: &BenchOptions) -> Result<Option<Report>, String> {
-    let target = parse_url(&opts.url)?;
+    let mut target = parse_url(&opts.url)?;
+    target.compression = opts.compression;
     let processes = opts.processes.max(1);
     let index = opts.worker_index.unwrap_or(0);
     let share = |total: usize| total / processes + usize::from(index < total % processes);
@@ -296,6 +302,11 @@ fn run_step(
             received,
             ratio,
             deliveries_per_sec: received as f64 / publish_secs,
+            wire_bytes_per_delivery: if received > 0 {
+                (end.bytes - before.bytes) as f64 / received as f64
+            } else {
+                0.0
+            },
             gaps: end.gaps - before.gaps,
             dups: end.dups - before.dups,
             slow_cut: end.slow_cut - before.slow_cut,
@@ -482,6 +493,7 @@ fn parse_url(url: &str) -> Result<Target, String> {
         addr,
         host: authority.to_owned(),
         path: path.to_owned(),
+        compression: false,
     })
 }
 
@@ -496,9 +508,10 @@ fn ms(us: u64) -> String {
 /// One line per step, for humans.
 pub fn step_line(s: &StepResult) -> String {
     format!(
-        "rate {:>7.0}/s  {:>11.0} deliveries/s  ratio {:>8.4}%  p50 {:>8} p90 {:>8} p99 {:>8} p99.9 {:>8} max {:>8}  gaps {} dups {} cut {}  server {} cpu {}{}  rss {}  bench cpu {}{}",
+        "rate {:>7.0}/s  {:>11.0} deliveries/s  {:.0} B/delivery  ratio {:>8.4}%  p50 {:>8} p90 {:>8} p99 {:>8} p99.9 {:>8} max {:>8}  gaps {} dups {} cut {}  server {} cpu {}{}  rss {}  bench cpu {}{}",
         s.rate,
         s.deliveries_per_sec,
+        s.wire_bytes_per_delivery,
         s.ratio * 100.0,
         ms(s.latency_us.p50),
         ms(s.latency_us.p90),

@@ -19,6 +19,9 @@ pub struct Snapshot {
     pub failed: u64,
     /// Bench messages received (one per delivery).
     pub received: u64,
+    /// Bytes read from the server, all connections.
+    #[serde(default)]
+    pub bytes: u64,
     /// Bench messages missing (a seq skipped on a connection).
     pub gaps: u64,
     /// Bench messages received twice, or out of order.
@@ -38,6 +41,7 @@ impl Snapshot {
         self.open += other.open;
         self.failed += other.failed;
         self.received += other.received;
+        self.bytes += other.bytes;
         self.gaps += other.gaps;
         self.dups += other.dups;
         self.slow_cut += other.slow_cut;

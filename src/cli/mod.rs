@@ -80,6 +80,10 @@ pub struct BenchArgs {
     /// Bytes of `data` per message.
     #[arg(long, default_value_t = 128)]
     pub size: usize,
+    /// Offer permessage-deflate (as browsers do); compressed messages are
+    /// counted, not inflated, so latency is measured on uncompressed ones.
+    #[arg(long)]
+    pub compression: bool,
     /// Messages per second; several (comma-separated) run as successive steps.
     #[arg(long, value_delimiter = ',', default_value = "100")]
     pub rate: Vec<f64>,

@@ -48,7 +48,7 @@ impl FanoutBench {
         self.core.deliver(Delivery {
             channel: self.channel,
             seq: self.seq,
-            frame: frame.clone(),
+            message: Encoded::plain(frame.clone()),
         });
         while let Some(action) = self.core.poll_action(&mut self.iov) {
             if let Action::Send { key, .. } = action {

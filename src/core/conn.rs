@@ -111,6 +111,8 @@ pub struct Conn {
     pub replay: Option<Box<Vec<ReplayCursor>>>,
     /// What the client may still send (filled when it upgrades).
     pub budget: ClientBudget,
+    /// permessage-deflate, when negotiated.
+    pub deflate: Option<crate::protocol::deflate::Agreement>,
     /// Entry in the per-IP limits table.
     pub peer: crate::limits::PeerSlot,
     /// Authentication state; `None` when authentication is off.
@@ -168,9 +170,15 @@ impl Conn {
             subs: SmallVec::new(),
             replay: None,
             budget: ClientBudget::default(),
+            deflate: None,
             peer: crate::limits::UNTRACKED,
             auth: None,
         }
+    }
+
+    /// Takes broadcast frames in their shared compressed form.
+    pub fn takes_deflated(&self) -> bool {
+        self.deflate.is_some_and(|a| a.takes_shared_frames())
     }
 
     pub fn is_closing(&self) -> bool {

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::os::fd::RawFd;
 
 use super::conn::{AuthState, Conn, ConnKey, Endpoint, Phase};
-use super::outqueue::FrameRef;
+use super::outqueue::Forms;
 use super::slab::Slab;
 use super::timer::{TimerEntry, TimerWheel};
 
@@ -163,17 +163,20 @@ impl Connections {
         }
     }
 
-    /// Queues one shared frame on `slot` and schedules its flush (the
-    /// fan-out's inner step); returns the bytes now queued there.
-    pub fn push_frame(&mut self, slot: u32, frame: &FrameRef) -> Option<u64> {
+    /// Queues a message's shared frame (the form this connection takes) on
+    /// `slot` and schedules its flush (the fan-out's inner step); returns the
+    /// bytes now queued there and the frame's length.
+    pub fn push_frame(&mut self, slot: u32, forms: &Forms) -> Option<(u64, u64)> {
         let conn = self.slab.get_mut(slot)?;
+        let frame = forms.pick(conn.takes_deflated());
+        let len = frame.len() as u64;
         conn.out.push(frame.clone());
         let queued = conn.out.queued_bytes();
         if !conn.flush_pending {
             conn.flush_pending = true;
             self.flush_list.push_back(slot);
         }
-        Some(queued)
+        Some((queued, len))
     }
 
     /// Takes the next connection off the flush list.

@@ -17,6 +17,7 @@ use super::history::Replay;
 use super::registry::{ChannelRefused, Creator};
 use crate::protocol::control;
 use conn::{PENDING, ReplayCursor, Subscription};
+use outqueue::Forms;
 use send::text_frame;
 
 /// Bytes of history copied into a connection's queue per refill.
@@ -284,14 +285,15 @@ impl ShardCore {
             return;
         }
         ch.delivered_seq = delivery.seq;
-        let len = delivery.frame.len() as u64;
-        let frame: FrameRef = Rc::new(delivery.frame);
+        let forms = Forms::new(delivery.message);
         let high_water = self.config.high_water;
         let mut peak = self.stats.gauge(Gauge::QueuedBytesPeak);
+        let mut added = 0;
         for &slot in &ch.subscribers {
-            let Some(queued) = self.conns.push_frame(slot, &frame) else {
+            let Some((queued, len)) = self.conns.push_frame(slot, &forms) else {
                 continue;
             };
+            added += len;
             peak = peak.max(queued);
             if queued > high_water {
                 self.slow.push(slot);
@@ -302,10 +304,10 @@ impl ShardCore {
         self.stats.add(Counter::MessagesFannedOut, 1);
         self.stats.add(Counter::FramesDelivered, n);
         self.stats.set(Gauge::QueuedBytesPeak, peak);
-        let total = self.stats.gauge(Gauge::QueuedBytes) + n * len;
+        let total = self.stats.gauge(Gauge::QueuedBytes) + added;
         self.stats.set(Gauge::QueuedBytes, total);
         if has_pending {
-            self.advance_pending(local, delivery.seq, &frame);
+            self.advance_pending(local, delivery.seq, &forms);
         }
         while let Some(slot) = self.slow.pop() {
             self.cut_slow_client(slot);
@@ -314,7 +316,7 @@ impl ShardCore {
 
     /// After message `seq` was fanned out: a pending connection whose cursor
     /// was exactly `seq` takes it; any whose cursor is now `seq + 1` joins.
-    fn advance_pending(&mut self, local: u32, seq: u64, frame: &FrameRef) {
+    fn advance_pending(&mut self, local: u32, seq: u64, forms: &Forms) {
         let Some(ch) = self.channels.get(local) else {
             return;
         };
@@ -328,8 +330,9 @@ impl ShardCore {
             };
             if next == seq {
                 set_cursor(conn, local, seq + 1);
+                let frame = forms.pick(conn.takes_deflated()).clone();
                 self.stats.add(Counter::FramesDelivered, 1);
-                self.enqueue(slot, frame.clone());
+                self.enqueue(slot, frame);
                 self.join_live(slot, local);
             } else if next == seq + 1 {
                 self.join_live(slot, local);
@@ -362,6 +365,7 @@ impl ShardCore {
         let mut budget = REPLAY_BATCH_BYTES.min(self.config.high_water as usize / 4);
         let mut caught_up = Vec::new();
         let mut batch = Vec::new();
+        let deflate = self.conns.get(slot).is_some_and(|c| c.takes_deflated());
         for cursor in cursors.iter_mut() {
             let Some(ch) = self.channels.get(cursor.channel) else {
                 continue;
@@ -377,7 +381,8 @@ impl ShardCore {
                         cursor.next = to + 1;
                     }
                     Replay::Frames { next } => {
-                        for frame in batch.drain(..) {
+                        for message in batch.drain(..) {
+                            let frame = message.for_client(deflate).clone();
                             budget = budget.saturating_sub(frame.len());
                             self.push_replayed(slot, Rc::new(frame));
                             self.stats.add(Counter::FramesReplayed, 1);

@@ -7,13 +7,13 @@
 
 use std::collections::VecDeque;
 
-use bytes::Bytes;
+use super::Encoded;
 
 #[derive(Debug, Default)]
 pub struct History {
     /// Seq of `frames[0]`.
     first_seq: u64,
-    frames: VecDeque<Bytes>,
+    frames: VecDeque<Encoded>,
     bytes: usize,
 }
 
@@ -62,7 +62,13 @@ impl History {
     /// Appends frame `seq` (one more than the last) and trims the ring to
     /// `max_count` frames and `max_bytes` bytes (the newest frame is always
     /// kept). Returns what was evicted.
-    pub fn push(&mut self, seq: u64, frame: Bytes, max_count: usize, max_bytes: usize) -> Released {
+    pub fn push(
+        &mut self,
+        seq: u64,
+        frame: Encoded,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> Released {
         if self.frames.is_empty() {
             self.first_seq = seq;
         }
@@ -111,7 +117,7 @@ impl History {
 
     /// Appends to `out` the frames with seq in `from..=to`, stopping after
     /// `budget` bytes (at least one frame is taken).
-    pub fn read(&self, from: u64, to: u64, budget: usize, out: &mut Vec<Bytes>) -> Replay {
+    pub fn read(&self, from: u64, to: u64, budget: usize, out: &mut Vec<Encoded>) -> Replay {
         if let Some(oldest) = self.oldest()
             && from < oldest
         {
@@ -144,8 +150,8 @@ impl History {
 mod tests {
     use super::*;
 
-    fn frame(n: usize) -> Bytes {
-        Bytes::from(vec![b'x'; n])
+    fn frame(n: usize) -> Encoded {
+        Encoded::plain(bytes::Bytes::from(vec![b'x'; n]))
     }
 
     #[test]

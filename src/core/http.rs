@@ -185,6 +185,11 @@ impl ShardCore {
             }
         }
         let budget = ClientBudget::full(&self.budget_rates, self.now_ms);
+        let deflate = if self.config.compression {
+            crate::protocol::deflate::negotiate(head.extensions.iter().map(String::as_str))
+        } else {
+            None
+        };
         self.conns.upgraded(slot, endpoint);
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
@@ -192,9 +197,15 @@ impl ShardCore {
         conn.phase = Phase::Open;
         conn.input = Input::Frames(None);
         conn.budget = budget;
+        conn.deflate = deflate;
+        if endpoint == Endpoint::Subscriber && conn.takes_deflated() {
+            // Counted down when the connection is released.
+            self.shared.deflate_clients.fetch_add(1, Ordering::Relaxed);
+        }
         let pending = matches!(auth, Some(AuthState::Pending(_)));
         conn.auth = auth.map(Box::new);
-        let response = switching_protocols(&accept, protocol.as_deref());
+        let extensions = deflate.map(|a| a.response());
+        let response = switching_protocols(&accept, protocol.as_deref(), extensions.as_deref());
         match query {
             Some(query) if !pending => {
                 if self.subscribe_query(slot, &query, response).is_err() {

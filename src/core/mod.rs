@@ -88,6 +88,11 @@ pub struct CoreConfig {
     pub client_bytes_rate: u32,
     /// `/metrics` is served on this listener (not when it has one of its own).
     pub serve_metrics: bool,
+    /// permessage-deflate is negotiated with clients that offer it.
+    pub compression: bool,
+    /// Messages shorter than this are not compressed (on `/echo`; the feed
+    /// applies it to broadcasts).
+    pub compression_min_size: usize,
 }
 
 impl Default for CoreConfig {
@@ -112,17 +117,55 @@ impl Default for CoreConfig {
             max_request_header: 8192,
             client_bytes_rate: 65536,
             serve_metrics: true,
+            compression: true,
+            compression_min_size: 256,
         }
     }
 }
 
-/// A channel message for a shard: the frame, encoded once by the feed and
-/// shared (one reference per shard, one atomic increment per shard).
+/// A channel message for a shard, encoded once by the feed and shared (one
+/// reference per shard, one atomic increment per shard).
 #[derive(Debug)]
 pub struct Delivery {
     pub channel: u64,
     pub seq: u64,
+    pub message: Encoded,
+}
+
+/// A channel message as it goes out: its WebSocket frame and, when some
+/// client negotiated permessage-deflate and it is worth it, the same message
+/// as one compressed frame, made once for every such client. History keeps
+/// both, so replays reuse them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoded {
     pub frame: Bytes,
+    pub deflated: Option<Bytes>,
+}
+
+impl Encoded {
+    pub fn plain(frame: Bytes) -> Encoded {
+        Encoded {
+            frame,
+            deflated: None,
+        }
+    }
+
+    /// Bytes held (both forms).
+    pub fn len(&self) -> usize {
+        self.frame.len() + self.deflated.as_ref().map_or(0, Bytes::len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The form for a client that takes compressed frames or not.
+    pub fn for_client(&self, deflate: bool) -> &Bytes {
+        match (&self.deflated, deflate) {
+            (Some(deflated), true) => deflated,
+            _ => &self.frame,
+        }
+    }
 }
 
 /// What the core asks its driver to do.
@@ -184,6 +227,8 @@ pub struct ShardCore {
     stats: LocalStats,
     ping_frame: FrameRef,
     stopping: bool,
+    /// Compressors for `/echo` replies (permessage-deflate).
+    echo_deflaters: crate::protocol::deflate::DeflaterCache,
 }
 
 impl ShardCore {
@@ -210,6 +255,7 @@ impl ShardCore {
             stats: LocalStats::default(),
             ping_frame: Rc::new(encode_server_frame(OpCode::Ping, b"")),
             stopping: false,
+            echo_deflaters: Default::default(),
             config,
         }
     }
@@ -387,6 +433,9 @@ impl ShardCore {
         };
         self.shared.connections.fetch_sub(1, Ordering::Relaxed);
         self.shared.peers.release(conn.peer);
+        if conn.endpoint == Endpoint::Subscriber && conn.takes_deflated() {
+            self.shared.deflate_clients.fetch_sub(1, Ordering::Relaxed);
+        }
         conn.out.abandon_in_flight();
         let released = conn.out.clear();
         self.note_unqueued(released);

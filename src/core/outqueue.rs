@@ -22,6 +22,31 @@ pub const MAX_SEND_PIECES: usize = 256;
 /// An encoded frame (or any bytes to write), shared within one shard.
 pub type FrameRef = Rc<Bytes>;
 
+/// A channel message's frames within one shard: the plain one, and the
+/// compressed one when the feed made it (see `Encoded`).
+#[derive(Debug, Clone)]
+pub struct Forms {
+    plain: FrameRef,
+    deflated: Option<FrameRef>,
+}
+
+impl Forms {
+    pub fn new(message: super::Encoded) -> Forms {
+        Forms {
+            plain: Rc::new(message.frame),
+            deflated: message.deflated.map(Rc::new),
+        }
+    }
+
+    /// The frame for a client that takes compressed frames (`deflate`) or not.
+    pub fn pick(&self, deflate: bool) -> &FrameRef {
+        match (&self.deflated, deflate) {
+            (Some(deflated), true) => deflated,
+            _ => &self.plain,
+        }
+    }
+}
+
 /// One piece of a send: where the bytes are and how many. The pointer is
 /// into a frame the queue keeps alive until the send is reported done.
 pub type IoSlicePtr = (*const u8, usize);

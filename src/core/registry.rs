@@ -27,8 +27,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
-use bytes::Bytes;
-
+use super::Encoded;
 use super::history::{History, Released};
 use crate::limits::{PeerLimits, PeerSlot, UNTRACKED};
 
@@ -72,8 +71,8 @@ impl Channel {
         &self,
         limits: HistoryLimits,
         now_ms: u64,
-        build: impl FnOnce(u64) -> Bytes,
-    ) -> Option<(u64, Bytes, Released)> {
+        build: impl FnOnce(u64) -> Encoded,
+    ) -> Option<(u64, Encoded, Released)> {
         let mut history = self.history();
         if self.retired.load(SeqCst) {
             return None;
@@ -342,6 +341,7 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     fn no_limits() -> PeerLimits {
         PeerLimits::new(0, 0, 0, false)
@@ -355,9 +355,11 @@ mod tests {
     }
 
     fn publish(c: &Channel, data: &'static str) -> u64 {
-        c.publish(LIMITS, 0, |_| Bytes::from_static(data.as_bytes()))
-            .expect("not retired")
-            .0
+        c.publish(LIMITS, 0, |_| {
+            Encoded::plain(Bytes::from_static(data.as_bytes()))
+        })
+        .expect("not retired")
+        .0
     }
 
     #[test]
@@ -384,10 +386,12 @@ mod tests {
         let r = Registry::new(2, 10);
         let a = r.get_or_create("a", 0).unwrap();
         let (s1, f1, _) = a
-            .publish(LIMITS, 0, |seq| Bytes::from(format!("m{seq}")))
+            .publish(LIMITS, 0, |seq| {
+                Encoded::plain(Bytes::from(format!("m{seq}")))
+            })
             .unwrap();
         let s2 = publish(&a, "m2");
-        assert_eq!((s1, s2, a.last_seq(), &f1[..]), (1, 2, 2, &b"m1"[..]));
+        assert_eq!((s1, s2, a.last_seq(), &f1.frame[..]), (1, 2, 2, &b"m1"[..]));
         let history = a.history();
         assert_eq!((history.oldest(), history.len()), (Some(1), 2));
         drop(history);
@@ -425,7 +429,9 @@ mod tests {
         r.release_if_unused(&made_up, &peers);
         assert!(r.get("x").is_none());
         assert!(
-            made_up.publish(LIMITS, 0, |_| Bytes::new()).is_none(),
+            made_up
+                .publish(LIMITS, 0, |_| Encoded::plain(Bytes::new()))
+                .is_none(),
             "a publish holding the old one is told to look again"
         );
         // One that was published to keeps its seq (and history) until the TTL.

@@ -5,6 +5,7 @@ use super::*;
 
 use crate::protocol::channel::is_valid_channel_name;
 use crate::protocol::control::{self, ClientMessage, parse_client_message};
+use crate::protocol::deflate::Deflater;
 use crate::protocol::reader::{Event, Flow, FrameReader, Violation};
 use fanout::Ack;
 
@@ -25,11 +26,22 @@ impl ShardCore {
         } else {
             self.config.max_message
         };
+        let deflate = conn.deflate;
         let Input::Frames(reader_slot) = &mut conn.input else {
             return;
         };
-        let reader = reader_slot.get_or_insert_with(|| Box::new(FrameReader::new(limit)));
+        let reader = reader_slot.get_or_insert_with(|| {
+            Box::new(match deflate {
+                Some(_) => FrameReader::with_deflate(limit),
+                None => FrameReader::new(limit),
+            })
+        });
         let out = &mut conn.out;
+        let mut echo_deflater = match deflate {
+            Some(agreement) if echo => self.echo_deflaters.get(agreement.server_window_bits),
+            _ => None,
+        };
+        let min_size = self.config.compression_min_size;
         let mut queued = 0u64;
         let mut received = 0u64;
         let mut inbound = Vec::new();
@@ -40,7 +52,12 @@ impl ShardCore {
                 Event::Message { binary, payload } => {
                     if echo {
                         let op = if binary { OpCode::Binary } else { OpCode::Text };
-                        queued += push_message(out, op, payload);
+                        queued += match echo_deflater.as_deref_mut() {
+                            Some(deflater) if payload.len() >= min_size => {
+                                push_compressed(out, op, payload, deflater)
+                            }
+                            _ => push_message(out, op, payload),
+                        };
                     } else if binary {
                         inbound.push(Inbound::Binary);
                     } else {
@@ -97,6 +114,7 @@ impl ShardCore {
         let reason = match violation {
             Violation::Protocol(_) => CloseReason::ProtocolError,
             Violation::InvalidUtf8 => CloseReason::InvalidUtf8,
+            Violation::BadCompression => CloseReason::BadCompression,
             Violation::TooBig => CloseReason::MessageTooBig,
         };
         let frame = encode_close_frame(violation.close_code(), violation.reason());
@@ -299,6 +317,24 @@ impl ShardCore {
         }
         self.enqueue_text(slot, &control::error(why));
     }
+}
+
+/// Queues a message compressed (permessage-deflate) when that makes it
+/// smaller, else as it is.
+fn push_compressed(
+    out: &mut outqueue::OutQueue,
+    op: OpCode,
+    payload: &mut Vec<u8>,
+    deflater: &mut Deflater,
+) -> u64 {
+    let compressed = deflater.compress(payload);
+    if compressed.is_empty() || compressed.len() >= payload.len() {
+        return push_message(out, op, payload);
+    }
+    out.push(Rc::new(crate::protocol::frame::encode_compressed_frame(
+        op,
+        &compressed,
+    )))
 }
 
 /// Queues a whole message as one frame. Big payloads are not copied: the

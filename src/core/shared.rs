@@ -35,6 +35,10 @@ pub struct Shared {
     /// read 0: token expiry is in Unix seconds, the shards count in
     /// milliseconds since start.
     pub unix_ms_at_start: u64,
+    /// Connections, all shards, that take broadcast messages compressed
+    /// (permessage-deflate with a full window): while there are none, the
+    /// feed compresses nothing.
+    pub deflate_clients: AtomicU64,
 }
 
 impl Shared {
@@ -56,6 +60,7 @@ impl Shared {
             peers,
             shard_heartbeat: (0..shards).map(|_| AtomicU64::new(0)).collect(),
             unix_ms_at_start,
+            deflate_clients: AtomicU64::new(0),
         }
     }
 

@@ -235,13 +235,15 @@ impl Sim {
             bytes: 1 << 20,
         };
         let (seq, frame, _) = ch
-            .publish(limits, self.now, |seq| message_frame(channel, seq, data))
+            .publish(limits, self.now, |seq| {
+                Encoded::plain(message_frame(channel, seq, data))
+            })
             .expect("a channel the test just looked up");
         if ch.is_interested(0) {
             self.core.deliver(Delivery {
                 channel: ch.id,
                 seq,
-                frame,
+                message: frame,
             });
             self.run();
         }

@@ -17,13 +17,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use crate::core::Delivery;
 use crate::core::history::Released;
 use crate::core::registry::{Channel, HistoryLimits};
 use crate::core::shared::Shared;
+use crate::core::{Delivery, Encoded};
 use crate::driver::Waker;
+use crate::protocol::deflate::Deflater;
+use crate::protocol::frame::{OpCode, encode_compressed_frame, server_frame_payload};
 use envelope::FeedError;
 
 /// Feed counters, read by `/metrics` on any thread.
@@ -37,6 +40,13 @@ pub struct FeedStats {
     pub udp_messages: AtomicU64,
     pub unix_messages: AtomicU64,
     pub unix_publishers: AtomicU64,
+    /// permessage-deflate: messages compressed (once each, for every client
+    /// that negotiated it), their payload bytes before and after, and the
+    /// time spent compressing.
+    pub compressed_messages: AtomicU64,
+    pub compression_in_bytes: AtomicU64,
+    pub compression_out_bytes: AtomicU64,
+    pub compression_ns: AtomicU64,
     errors: [AtomicU64; FeedError::COUNT],
 }
 
@@ -48,6 +58,30 @@ impl FeedStats {
     pub fn errors(&self, kind: FeedError) -> u64 {
         self.errors[kind as usize].load(Relaxed)
     }
+}
+
+/// The compressed frame of `frame`'s message, once, for every client that
+/// negotiated permessage-deflate; `None` when it is too small or does not
+/// get smaller.
+fn deflate(compression: &mut Compression, stats: &FeedStats, frame: &Bytes) -> Option<Bytes> {
+    let payload = server_frame_payload(frame);
+    if payload.len() < compression.min_size {
+        return None;
+    }
+    let started = Instant::now();
+    let compressed = compression.deflater.compress(payload);
+    stats
+        .compression_ns
+        .fetch_add(started.elapsed().as_nanos() as u64, Relaxed);
+    stats.compressed_messages.fetch_add(1, Relaxed);
+    stats
+        .compression_in_bytes
+        .fetch_add(payload.len() as u64, Relaxed);
+    stats
+        .compression_out_bytes
+        .fetch_add(compressed.len() as u64, Relaxed);
+    (!compressed.is_empty() && compressed.len() < payload.len())
+        .then(|| encode_compressed_frame(OpCode::Text, &compressed))
 }
 
 /// Logs a refused feed message at most once per interval, with the number
@@ -89,6 +123,22 @@ pub struct Incoming {
     pub source: &'static str,
 }
 
+/// Compression of broadcast messages (permessage-deflate), when on.
+pub struct Compression {
+    /// Payloads shorter than this go uncompressed.
+    pub min_size: usize,
+    deflater: Deflater,
+}
+
+impl Compression {
+    pub fn new(min_size: usize) -> Compression {
+        Compression {
+            min_size,
+            deflater: Deflater::new(15).expect("a full window is always available"),
+        }
+    }
+}
+
 /// History settings of the feed.
 #[derive(Debug, Clone, Copy)]
 pub struct HistoryConfig {
@@ -114,6 +164,7 @@ pub struct Distributor {
     retained: VecDeque<(Arc<Channel>, u64)>,
     retained_bytes: usize,
     retained_frames: usize,
+    compression: Option<Compression>,
 }
 
 /// Where the distributor hands a shard its messages.
@@ -147,8 +198,10 @@ impl Distributor {
         started: Instant,
         shards: Vec<ShardLink>,
         history: HistoryConfig,
+        compression: Option<Compression>,
     ) -> Self {
         Distributor {
+            compression,
             shared,
             started,
             stats,
@@ -253,8 +306,14 @@ impl Distributor {
                 Ok(c) => c,
                 Err(_) => return self.refuse(FeedError::TooManyChannels, message),
             };
+            let (shared, stats, compression) = (&self.shared, &self.stats, &mut self.compression);
             let published = channel.publish(self.history.per_channel, now, |seq| {
-                envelope::encode_frame(&channel.name, seq, env.data)
+                let frame = envelope::encode_frame(&channel.name, seq, env.data);
+                let deflated = compression
+                    .as_mut()
+                    .filter(|_| shared.deflate_clients.load(Relaxed) > 0)
+                    .and_then(|c| deflate(c, stats, &frame));
+                Encoded { frame, deflated }
             });
             if let Some(published) = published {
                 break (channel, published);
@@ -264,6 +323,7 @@ impl Distributor {
             channel.adopt(&self.shared.peers);
         }
         self.retain(&channel, seq, frame.len(), evicted);
+        let frame = &frame;
         self.stats.published.fetch_add(1, Relaxed);
         for link in &mut self.shards {
             if !channel.is_interested(link.index) {
@@ -272,7 +332,7 @@ impl Distributor {
             let delivery = Delivery {
                 channel: channel.id,
                 seq,
-                frame: frame.clone(),
+                message: frame.clone(),
             };
             match link.tx.try_send(delivery) {
                 Ok(()) => {}

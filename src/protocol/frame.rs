@@ -84,6 +84,29 @@ pub fn encode_server_frame(op: OpCode, payload: &[u8]) -> Bytes {
     out.freeze()
 }
 
+/// The payload of an unmasked (server) frame encoded by this module.
+pub fn server_frame_payload(frame: &[u8]) -> &[u8] {
+    let header = match frame.get(1).map(|b| b & 0x7f) {
+        Some(126) => 4,
+        Some(127) => 10,
+        Some(_) => 2,
+        None => return &[],
+    };
+    frame.get(header..).unwrap_or_default()
+}
+
+/// A whole message in one frame with RSV1 set: `compressed` is its
+/// permessage-deflate form.
+pub fn encode_compressed_frame(op: OpCode, compressed: &[u8]) -> Bytes {
+    let mut header = [0u8; MAX_SERVER_HEADER];
+    let n = write_server_header(&mut header, true, op, compressed.len());
+    header[0] |= 0x40;
+    let mut out = BytesMut::with_capacity(n + compressed.len());
+    out.put_slice(&header[..n]);
+    out.put_slice(compressed);
+    out.freeze()
+}
+
 /// A close frame with `code` and a reason, truncated on a character boundary
 /// to fit the 125-byte control-frame limit.
 pub fn encode_close_frame(code: u16, reason: &str) -> Bytes {

@@ -29,6 +29,8 @@ pub struct RequestHead {
     pub origin: Option<String>,
     /// `Sec-WebSocket-Protocol` values offered by the client, in order.
     pub protocols: Vec<String>,
+    /// `Sec-WebSocket-Extensions` header values, in order.
+    pub extensions: Vec<String>,
     /// `X-Forwarded-For`, several headers joined with `,` in order; only
     /// believed from `--trusted-proxies`.
     pub forwarded_for: Option<String>,
@@ -117,6 +119,7 @@ pub fn parse_request_head_limited(
         ws_key: None,
         origin: None,
         protocols: Vec::new(),
+        extensions: Vec::new(),
         forwarded_for: None,
         has_body: false,
     };
@@ -163,6 +166,8 @@ pub fn parse_request_head_limited(
                 list.push(',');
             }
             list.push_str(value.trim());
+        } else if name.eq_ignore_ascii_case("sec-websocket-extensions") {
+            head.extensions.push(value.trim().to_owned());
         } else if name.eq_ignore_ascii_case("sec-websocket-protocol") {
             head.protocols.extend(
                 value
@@ -292,8 +297,12 @@ pub fn accept_key(key: &str) -> String {
 }
 
 /// The `101 Switching Protocols` response; `protocol` is the subprotocol the
-/// server selected, if any.
-pub fn switching_protocols(accept: &str, protocol: Option<&str>) -> Vec<u8> {
+/// server selected, `extensions` the extensions it agreed to, if any.
+pub fn switching_protocols(
+    accept: &str,
+    protocol: Option<&str>,
+    extensions: Option<&str>,
+) -> Vec<u8> {
     let mut out = String::with_capacity(160);
     out.push_str("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ");
     out.push_str(accept);
@@ -301,6 +310,11 @@ pub fn switching_protocols(accept: &str, protocol: Option<&str>) -> Vec<u8> {
     if let Some(p) = protocol {
         out.push_str("Sec-WebSocket-Protocol: ");
         out.push_str(p);
+        out.push_str("\r\n");
+    }
+    if let Some(e) = extensions {
+        out.push_str("Sec-WebSocket-Extensions: ");
+        out.push_str(e);
         out.push_str("\r\n");
     }
     out.push_str("\r\n");

@@ -4,6 +4,7 @@
 
 pub mod channel;
 pub mod control;
+pub mod deflate;
 pub mod frame;
 pub mod handshake;
 pub mod query;

@@ -6,7 +6,12 @@
 //! validity of text *as the bytes arrive* (fail fast, §8.1), including code
 //! points split across fragments. Each violation maps to the close code the
 //! connection must be failed with. Pure: no I/O, no clock.
+//!
+//! With permessage-deflate negotiated, a message whose first frame has RSV1
+//! set is compressed: it is inflated when its last frame arrives, to at most
+//! the message limit, and only then checked for UTF-8.
 
+use super::deflate::{InflateError, inflate};
 use super::frame::{MAX_CONTROL_PAYLOAD, OpCode, apply_mask, is_valid_close_code};
 
 /// Why the connection must be failed, and with which close code.
@@ -18,13 +23,15 @@ pub enum Violation {
     InvalidUtf8,
     /// 1009: a message over the configured limit.
     TooBig,
+    /// 1007: a compressed message that does not inflate.
+    BadCompression,
 }
 
 impl Violation {
     pub fn close_code(self) -> u16 {
         match self {
             Violation::Protocol(_) => 1002,
-            Violation::InvalidUtf8 => 1007,
+            Violation::InvalidUtf8 | Violation::BadCompression => 1007,
             Violation::TooBig => 1009,
         }
     }
@@ -34,6 +41,7 @@ impl Violation {
             Violation::Protocol(why) => why,
             Violation::InvalidUtf8 => "invalid UTF-8 in text message",
             Violation::TooBig => "message too big",
+            Violation::BadCompression => "compressed message does not inflate",
         }
     }
 }
@@ -89,6 +97,10 @@ enum MessageKind {
 #[derive(Debug)]
 pub struct FrameReader {
     max_message: usize,
+    /// permessage-deflate was negotiated: RSV1 marks a compressed message.
+    deflate: bool,
+    /// The message being read is compressed.
+    compressed: bool,
     head: [u8; 14],
     head_len: u8,
     frame: Option<FrameInProgress>,
@@ -103,6 +115,8 @@ impl FrameReader {
     pub fn new(max_message: usize) -> Self {
         FrameReader {
             max_message,
+            deflate: false,
+            compressed: false,
             head: [0; 14],
             head_len: 0,
             frame: None,
@@ -110,6 +124,14 @@ impl FrameReader {
             message: Vec::new(),
             utf8_valid: 0,
             control: Vec::new(),
+        }
+    }
+
+    /// A reader for a connection that negotiated permessage-deflate.
+    pub fn with_deflate(max_message: usize) -> Self {
+        FrameReader {
+            deflate: true,
+            ..FrameReader::new(max_message)
         }
     }
 
@@ -195,10 +217,13 @@ impl FrameReader {
     fn check_first_two_bytes(&self) -> Result<(), Violation> {
         let b0 = self.head[0];
         let b1 = self.head[1];
-        if b0 & 0x70 != 0 {
+        let op = OpCode::from_u8(b0 & 0x0f).ok_or(Violation::Protocol("unknown opcode"))?;
+        // RSV1 marks a compressed message: on its first frame only (§6.1 of
+        // RFC 7692), and only when the extension was negotiated.
+        let rsv1_allowed = self.deflate && matches!(op, OpCode::Text | OpCode::Binary);
+        if b0 & 0x30 != 0 || (b0 & 0x40 != 0 && !rsv1_allowed) {
             return Err(Violation::Protocol("reserved bits set without extension"));
         }
-        let op = OpCode::from_u8(b0 & 0x0f).ok_or(Violation::Protocol("unknown opcode"))?;
         let fin = b0 & 0x80 != 0;
         if b1 & 0x80 == 0 {
             return Err(Violation::Protocol("client frame not masked"));
@@ -263,6 +288,7 @@ impl FrameReader {
                     MessageKind::Binary
                 };
                 self.utf8_valid = 0;
+                self.compressed = b0 & 0x40 != 0;
             }
             // Reserve once per frame, not per TCP read, but not more than a
             // modest amount up front: a peer announcing a huge frame and then
@@ -294,7 +320,7 @@ impl FrameReader {
         frame.mask_pos =
             apply_mask(&mut dest[start..], frame.mask, usize::from(frame.mask_pos)) as u8;
         frame.remaining -= take as u64;
-        if !frame.op.is_control() && self.kind == MessageKind::Text {
+        if !frame.op.is_control() && self.kind == MessageKind::Text && !self.compressed {
             self.check_utf8_so_far()?;
         }
         Ok(take)
@@ -336,10 +362,20 @@ impl FrameReader {
                     return Ok(Flow::Continue);
                 }
                 let binary = self.kind == MessageKind::Binary;
-                if !binary && self.utf8_valid != self.message.len() {
+                if self.compressed {
+                    self.message =
+                        inflate(&self.message, self.max_message).map_err(|e| match e {
+                            InflateError::TooBig => Violation::TooBig,
+                            InflateError::Corrupt => Violation::BadCompression,
+                        })?;
+                    if !binary && simdutf8::basic::from_utf8(&self.message).is_err() {
+                        return Err(Violation::InvalidUtf8);
+                    }
+                } else if !binary && self.utf8_valid != self.message.len() {
                     return Err(Violation::InvalidUtf8);
                 }
                 self.kind = MessageKind::None;
+                self.compressed = false;
                 self.utf8_valid = 0;
                 let flow = handler(Event::Message {
                     binary,

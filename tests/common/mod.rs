@@ -407,6 +407,8 @@ pub fn upgrade_request(path: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
     pub fin: bool,
+    /// RSV1: a permessage-deflate compressed message.
+    pub rsv1: bool,
     pub opcode: u8,
     pub payload: Vec<u8>,
 }
@@ -609,6 +611,7 @@ pub fn parse_server_frame(buf: &[u8]) -> Option<(Frame, usize)> {
     Some((
         Frame {
             fin: buf[0] & 0x80 != 0,
+            rsv1: buf[0] & 0x40 != 0,
             opcode: buf[0] & 0x0f,
             payload: buf[at..at + len].to_vec(),
         },
