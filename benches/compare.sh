@@ -7,8 +7,9 @@
 # the server process's own time, and the whole busy time of its CPU (kernel
 # work there included: softirq, kernel threads). Results: target/compare/*.json.
 #
-#   benches/compare.sh                 # everything (~30 minutes on 2 cores)
+#   benches/compare.sh                 # everything (~35 minutes on 2 cores)
 #   SERVERS="ringcast ringcast-epoll" SCENARIOS="low s3" benches/compare.sh
+#   SERVERS=ringcast SCENARIOS="json deflate" benches/compare.sh   # compression
 #
 # Environment: SERVER_CPU (0), BENCH_CPU (1), CONNS (10000), STEP (10s),
 # S1_RATES, S1_P99 (1s; see the README on why not 50ms at 10,000 clients).
@@ -16,13 +17,14 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 SERVERS=${SERVERS:-"floor ringcast ringcast-epoll tokio"}
-SCENARIOS=${SCENARIOS:-"low s1 half s2 s3 s4"}
+SCENARIOS=${SCENARIOS:-"low s1 half s2 s3 s4 json deflate"}
 SERVER_CPU=${SERVER_CPU:-0}
 BENCH_CPU=${BENCH_CPU:-1}
 CONNS=${CONNS:-10000}
 STEP=${STEP:-10s}
 S1_RATES=${S1_RATES:-"5,10,20,40,80,120,160,200,240,280,320,400,480,560,640,720,800,880,960,1040"}
 S4_RATES=${S4_RATES:-"100,150,200,250,300,350,400,500"}
+JSON_RATE=${JSON_RATE:-20}
 RINGCAST_ARGS=""
 S1_P99=${S1_P99:-1s}
 OUT=target/compare
@@ -98,6 +100,15 @@ for scenario in $SCENARIOS; do
       s3) bench "$name" s3 --connections 19000 --rate 0 --duration 3s ;;
       # S4: 100 clients, big messages (60,000 bytes: what fits in a datagram).
       s4) bench "$name" s4 --connections 100 --size 60000 --rate "$S4_RATES" --duration "$STEP" --sweep --max-p99 "$S1_P99" ;;
+      # Compression, side by side on ringcast: 1 KiB JSON-like messages to
+      # clients that do not offer permessage-deflate (json), then to clients
+      # that all do (deflate: each message compressed once for all of them).
+      json | deflate)
+        case $name in ringcast*) ;; *) continue ;; esac
+        flags=()
+        [ "$scenario" = deflate ] && flags=(--compression)
+        bench "$name" "$scenario" --connections "$CONNS" --size 1024 --rate "$JSON_RATE" \
+          --duration 20s --max-p99 "$S1_P99" "${flags[@]}" ;;
     esac
   done
 done

@@ -1,5 +1,7 @@
 //! Micro-benchmarks of the pure protocol code: encoding server frames,
-//! parsing + unmasking client frames, and the opening handshake.
+//! parsing + unmasking client frames, the opening handshake, and
+//! permessage-deflate (what compressing a message costs: once per message
+//! in ringcast, once per client in servers that compress per connection).
 
 use std::hint::black_box;
 
@@ -58,5 +60,46 @@ fn handshake(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, frame_encoding, client_frame_parsing, handshake);
+/// A 1 KiB message shaped like a live JSON feed (quotes), as the fan-out
+/// benchmark publishes.
+fn json_message() -> Vec<u8> {
+    let mut quotes = Vec::new();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for i in 0u64.. {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let cents = 10_000 + x % 40_000;
+        quotes.push(format!(
+            r#"{{"symbol":"SYM{}","bid":{}.{:02},"ask":{}.{:02},"volume":{}}}"#,
+            i % 50,
+            cents / 100,
+            cents % 100,
+            (cents + 3) / 100,
+            (cents + 3) % 100,
+            100 * (1 + (x >> 30) % 50)
+        ));
+        if quotes.iter().map(|q| q.len() + 1).sum::<usize>() > 1000 {
+            break;
+        }
+    }
+    format!(r#"{{"channel":"prices","seq":1,"data":[{}]}}"#, quotes.join(",")).into_bytes()
+}
+
+fn deflate(c: &mut Criterion) {
+    let message = json_message();
+    let mut group = c.benchmark_group("permessage_deflate");
+    group.throughput(Throughput::Bytes(message.len() as u64));
+    let mut deflater = ringcast::protocol::deflate::Deflater::new(15).unwrap();
+    group.bench_function("compress_1KiB_json", |b| {
+        b.iter(|| deflater.compress(black_box(&message)))
+    });
+    let compressed = deflater.compress(&message);
+    group.bench_function("inflate_1KiB_json", |b| {
+        b.iter(|| ringcast::protocol::deflate::inflate(black_box(&compressed), 1 << 20))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, frame_encoding, client_frame_parsing, handshake, deflate);
 criterion_main!(benches);

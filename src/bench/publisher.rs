@@ -129,25 +129,31 @@ impl Publisher {
     }
 }
 
-/// `len` bytes that compress like live JSON data (quotes: names, prices and
-/// volumes that vary), not like a run of one byte: what permessage-deflate
-/// makes of the bench messages is then what it makes of real ones.
+/// `len` bytes that compress like a live JSON feed (quotes: a fixed set of
+/// symbols and exchanges, prices near each other, round-lot volumes, field
+/// names repeated), not like a run of one byte: what permessage-deflate makes
+/// of the bench messages is then what it makes of real ones. Single quotes:
+/// the padding sits inside a JSON string.
 fn realistic_pad(len: usize) -> String {
-    let mut out = String::with_capacity(len + 48);
+    const EXCHANGES: [&str; 4] = ["XNAS", "XNYS", "ARCX", "BATS"];
+    let mut out = String::with_capacity(len + 128);
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut i = 0;
+    let mut i = 0u64;
     while out.len() < len {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
+        let cents = 10_000 + x % 40_000;
+        let spread = 1 + (x >> 20) % 5;
         out.push_str(&format!(
-            "SYM{} bid {}.{:02} ask {}.{:02} vol {};",
-            i % 500,
-            100 + x % 900,
-            (x >> 10) % 100,
-            100 + x % 900,
-            (x >> 20) % 100,
-            (x >> 30) % 100_000
+            "{{'symbol':'SYM{}','bid':{}.{:02},'ask':{}.{:02},'volume':{},'exchange':'{}'}},",
+            i % 50,
+            cents / 100,
+            cents % 100,
+            (cents + spread) / 100,
+            (cents + spread) % 100,
+            100 * (1 + (x >> 30) % 50),
+            EXCHANGES[(x >> 40) as usize % 4]
         ));
         i += 1;
     }
