@@ -83,7 +83,11 @@ fn json_message() -> Vec<u8> {
             break;
         }
     }
-    format!(r#"{{"channel":"prices","seq":1,"data":[{}]}}"#, quotes.join(",")).into_bytes()
+    format!(
+        r#"{{"channel":"prices","seq":1,"data":[{}]}}"#,
+        quotes.join(",")
+    )
+    .into_bytes()
 }
 
 fn deflate(c: &mut Criterion) {
@@ -101,5 +105,11 @@ fn deflate(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, frame_encoding, client_frame_parsing, handshake, deflate);
+criterion_group!(
+    benches,
+    frame_encoding,
+    client_frame_parsing,
+    handshake,
+    deflate
+);
 criterion_main!(benches);

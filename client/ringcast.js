@@ -94,6 +94,10 @@
       .filter(function (c) { return c in this.lastSeq; }, this)
       .map(function (c) { return encodeURIComponent(c) + ":" + this.lastSeq[c]; }, this);
     if (since.length) q += "&since=" + since.join(",");
+    // The positions belong to the server run (epoch) that gave them: a
+    // server of another run answers `reset` instead of replaying its own
+    // messages as if they followed ours.
+    if (since.length && this.epoch !== null) q += "&epoch=" + encodeURIComponent(this.epoch);
     return this.url + (this.url.indexOf("?") < 0 ? "?" : "&") + q;
   };
 

@@ -169,3 +169,34 @@ fn browser_client_survives_restart_and_freeze() {
         node.seen
     );
 }
+
+#[test]
+fn a_resume_across_a_restart_is_reset_not_mixed_with_the_new_run() {
+    let first = Server::start(&["--unix", "feed.sock"]);
+    let listen = format!("127.0.0.1:{}", first.addr.port());
+    let mut node = Node::start(&first.url("/ws"));
+    node.wait("welcome", |v| v["event"] == "welcome");
+    publish(&first, 1..=5);
+    for seq in 1..=5 {
+        assert_eq!(node.message(seq)["seq"], seq);
+    }
+    // The client is held while the server restarts and the new run reaches
+    // seq 10 on its own: its seq 5 is not the client's.
+    // SAFETY (test): signals to our own child process.
+    unsafe { libc::kill(node.child.id() as i32, libc::SIGSTOP) };
+    drop(first);
+    let second = Server::start(&["--unix", "feed.sock", "--listen", &listen]);
+    publish(&second, 1..=10);
+    second.wait_metric("ringcast_messages_published_total", &[], |v| v == 10);
+    unsafe { libc::kill(node.child.id() as i32, libc::SIGCONT) };
+    // It resumes with since=5 and the old epoch: reset to 0, then the new
+    // run's 1..10, none taken for 6..10 of the old one.
+    let reset = node.wait("reset", |v| v["event"] == "reset");
+    assert_eq!(
+        (reset["channel"].as_str(), reset["current"].as_u64()),
+        (Some("c"), Some(0))
+    );
+    for seq in 1..=10 {
+        assert_eq!(node.message(seq)["data"], seq);
+    }
+}

@@ -53,6 +53,15 @@ impl Refused {
     }
 }
 
+/// Whether `since` positions belong to this run of the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Epoch {
+    /// This epoch's (or the client did not say).
+    Current,
+    /// An earlier epoch's: they say nothing about this one's messages.
+    Stale,
+}
+
 /// Which notice acknowledges a set of subscriptions.
 pub(super) enum Ack {
     /// On connect: `welcome`, with the server's epoch, sent in one buffer
@@ -71,18 +80,25 @@ impl ShardCore {
     /// A channel that cannot be created fails a connect as a whole (the
     /// caller closes it); after a `subscribe` message the others are still
     /// joined and acknowledged, and the refused ones are returned.
+    ///
+    /// Positions from a stale epoch are not replayed from as if they were
+    /// this one's: each such channel gets a `reset` to 0, then everything
+    /// this epoch retains from its start (a gap notice where that is gone).
     pub(super) fn subscribe_and_notify(
         &mut self,
         slot: u32,
         channels: &[String],
         since: &dyn Fn(&str) -> Option<u64>,
+        epoch: Epoch,
         ack: Ack,
     ) -> Result<(), Refused> {
         let mut currents = Vec::with_capacity(channels.len());
         let mut resets = Vec::new();
         let mut refused: Option<Refused> = None;
         for name in channels {
-            let s = match self.subscribe(slot, name, since(name)) {
+            let stale = epoch == Epoch::Stale && since(name).is_some();
+            let from = if stale { Some(0) } else { since(name) };
+            let s = match self.subscribe(slot, name, from) {
                 Ok(s) => s,
                 Err(why) => {
                     if let Ack::Welcome { handshake } = ack {
@@ -105,7 +121,9 @@ impl ShardCore {
                 }
             };
             currents.push((name.as_str(), s.current));
-            if s.reset {
+            if stale {
+                resets.push(control::reset(name, 0));
+            } else if s.reset {
                 resets.push(control::reset(name, s.current));
             }
         }

@@ -9,7 +9,7 @@ use crate::protocol::handshake::{
 use crate::protocol::query::{QueryError, WsQuery, parse_ws_query};
 use budget::ClientBudget;
 use conn::HeadState;
-use fanout::Ack;
+use fanout::{Ack, Epoch};
 
 impl ShardCore {
     // ----- HTTP -----
@@ -238,7 +238,12 @@ impl ShardCore {
     ) -> Result<(), ()> {
         let since = |name: &str| query.since.iter().find(|(c, _)| c == name).map(|(_, s)| *s);
         let ack = Ack::Welcome { handshake: prefix };
-        if let Err(refused) = self.subscribe_and_notify(slot, &query.channels, &since, ack) {
+        // Positions of another run of the server mean nothing in this one.
+        let epoch = match &query.epoch {
+            Some(epoch) if *epoch != self.shared.epoch => Epoch::Stale,
+            _ => Epoch::Current,
+        };
+        if let Err(refused) = self.subscribe_and_notify(slot, &query.channels, &since, epoch, ack) {
             let frame = encode_close_frame(1013, refused.why.reason());
             self.close_with(slot, Some(frame), CloseReason::Error);
             return Err(());

@@ -7,7 +7,7 @@ use crate::protocol::channel::is_valid_channel_name;
 use crate::protocol::control::{self, ClientMessage, parse_client_message};
 use crate::protocol::deflate::Deflater;
 use crate::protocol::reader::{Event, Flow, FrameReader, Violation};
-use fanout::Ack;
+use fanout::{Ack, Epoch};
 
 /// A message a subscriber sent, kept until the reader is done with the bytes.
 enum Inbound {
@@ -214,7 +214,9 @@ impl ShardCore {
             return self.client_error(slot, &why);
         }
         let since = |name: &str| since.get(name).copied();
-        if let Err(refused) = self.subscribe_and_notify(slot, &channels, &since, Ack::Subscribed) {
+        if let Err(refused) =
+            self.subscribe_and_notify(slot, &channels, &since, Epoch::Current, Ack::Subscribed)
+        {
             self.client_error(slot, &refused.notice());
         }
     }

@@ -813,3 +813,53 @@ fn made_up_channels_pin_nothing_and_their_creation_is_bounded() {
     sim.publish("brand-new", "7");
     assert_eq!(seqs(&sim.frames(other)), vec![1]);
 }
+
+#[test]
+fn a_resume_from_another_epoch_is_reset_and_replayed_from_this_epoch_s_start() {
+    // The Sim's server runs epoch "e1".
+    let mut sim = Sim::new(config());
+    let keeper = sim.connect("/ws?channels=c");
+    for n in 1..=10 {
+        sim.publish("c", &n.to_string());
+    }
+    sim.frames(keeper);
+    // Positions of the same epoch: replayed from there, as ever.
+    let same = sim.connect("/ws?channels=c&since=5&epoch=e1");
+    let frames = sim.frames(same);
+    assert_eq!(frames[0].json()["type"], "welcome");
+    assert_eq!(seqs(&frames), (6..=10).collect::<Vec<_>>());
+    // Seq 5 of an earlier run is not this run's seq 5: reset to 0, then all
+    // ten, not 6..10 as if they followed the old ones.
+    let stale = sim.connect("/ws?channels=c&since=5&epoch=e0");
+    let frames = sim.frames(stale);
+    assert_eq!(frames[0].json()["type"], "welcome");
+    assert_eq!(frames[1].json()["type"], "reset");
+    assert_eq!(frames[1].json()["current"], 0);
+    assert_eq!(seqs(&frames), (1..=10).collect::<Vec<_>>());
+    // A stale position beyond this epoch's end is treated the same way.
+    let ahead = sim.connect("/ws?channels=c&since=50&epoch=e0");
+    let frames = sim.frames(ahead);
+    assert_eq!(frames[1].json()["current"], 0);
+    assert_eq!(seqs(&frames), (1..=10).collect::<Vec<_>>());
+    // Where this epoch's start is no longer retained (the Sim keeps 100), a
+    // gap notice says so before the rest.
+    for n in 11..=150 {
+        sim.publish("c", &n.to_string());
+    }
+    sim.frames(keeper);
+    let late = sim.connect("/ws?channels=c&since=5&epoch=e0");
+    let frames = sim.frames(late);
+    let notices: Vec<String> = frames[1..3]
+        .iter()
+        .map(|f| f.json()["type"].to_string())
+        .collect();
+    assert_eq!(notices, [r#""reset""#, r#""gap""#]);
+    assert_eq!(
+        (
+            frames[2].json()["from"].clone(),
+            frames[2].json()["to"].clone()
+        ),
+        (1.into(), 50.into())
+    );
+    assert_eq!(seqs(&frames), (51..=150).collect::<Vec<_>>());
+}

@@ -10,6 +10,9 @@ pub struct WsQuery {
     pub channels: Vec<String>,
     /// Resume points: deliver what came after this seq, per channel.
     pub since: Vec<(String, u64)>,
+    /// The epoch the `since` positions belong to (`epoch=`, from the
+    /// `welcome` the client saw), when it says.
+    pub epoch: Option<String>,
     /// An auth token passed as `token=` (logged by proxies: prefer the
     /// subprotocol or the auth message, and short-lived tokens).
     pub token: Option<String>,
@@ -42,9 +45,21 @@ pub fn parse_ws_query(query: &str, max_channels: usize) -> Result<WsQuery, Query
     let mut channels: Option<Vec<String>> = None;
     let mut since_text: Option<String> = None;
     let mut token = None;
+    let mut epoch = None;
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
         if key == "token" {
             token = Some(value.into_owned());
+        } else if key == "epoch" {
+            let valid = (1..=64).contains(&value.len())
+                && value
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !valid {
+                return Err(QueryError::Invalid(
+                    "invalid epoch: send back the `epoch` of the welcome notice".to_owned(),
+                ));
+            }
+            epoch = Some(value.into_owned());
         } else if key == "since" {
             since_text = Some(value.into_owned());
         } else if key == "channels" {
@@ -79,6 +94,7 @@ pub fn parse_ws_query(query: &str, max_channels: usize) -> Result<WsQuery, Query
     Ok(WsQuery {
         channels,
         since,
+        epoch,
         token,
     })
 }
@@ -144,6 +160,20 @@ mod tests {
             parse_ws_query("", 0),
             Err(QueryError::TooManyChannels { max: 0 })
         );
+    }
+
+    #[test]
+    fn epoch() {
+        let e = |q: &str| parse_ws_query(q, 10).map(|q| q.epoch);
+        assert_eq!(
+            e("since=3&epoch=a1B2-c_3").unwrap().as_deref(),
+            Some("a1B2-c_3")
+        );
+        assert_eq!(e("since=3").unwrap(), None);
+        for bad in ["epoch=", "epoch=a%20b", "epoch=a.b"] {
+            assert!(e(bad).is_err(), "{bad}");
+        }
+        assert!(e(&format!("epoch={}", "x".repeat(65))).is_err());
     }
 
     #[test]
