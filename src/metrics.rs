@@ -20,6 +20,7 @@ pub enum Counter {
     MessagesFannedOut,
     FramesReceived,
     SlowClientCuts,
+    SlowSseCuts,
     FramesReplayed,
     ClientErrors,
     ConnectionsRefused,
@@ -32,7 +33,7 @@ pub enum Counter {
 }
 
 impl Counter {
-    pub const ALL: [Counter; 18] = [
+    pub const ALL: [Counter; 19] = [
         Counter::ConnectionsAccepted,
         Counter::HandshakesRejected,
         Counter::HttpRequests,
@@ -42,6 +43,7 @@ impl Counter {
         Counter::MessagesFannedOut,
         Counter::FramesReceived,
         Counter::SlowClientCuts,
+        Counter::SlowSseCuts,
         Counter::FramesReplayed,
         Counter::ClientErrors,
         Counter::ConnectionsRefused,
@@ -124,9 +126,9 @@ impl Counter {
                 "ringcast_client_errors_total",
                 "Invalid control messages from clients (answered with an error notice).",
             ),
-            Counter::SlowClientCuts => (
+            Counter::SlowClientCuts | Counter::SlowSseCuts => (
                 "ringcast_slow_client_disconnects_total",
-                "Clients cut for falling behind the high-water mark (counted when cut).",
+                "Clients cut for falling behind the high-water mark (counted when cut), by transport.",
             ),
         }
     }
@@ -141,10 +143,13 @@ pub enum Gauge {
     QueuedBytes,
     QueuedBytesPeak,
     Subscriptions,
+    /// Server-sent event streams open.
+    SseStreamsOpen,
 }
 
 impl Gauge {
-    pub const ALL: [Gauge; 5] = [
+    pub const ALL: [Gauge; 6] = [
+        Gauge::SseStreamsOpen,
         Gauge::ConnectionsOpen,
         Gauge::WebSocketsOpen,
         Gauge::QueuedBytes,
@@ -155,6 +160,10 @@ impl Gauge {
 
     fn name_help(self) -> (&'static str, &'static str) {
         match self {
+            Gauge::SseStreamsOpen => (
+                "ringcast_sse_streams_open",
+                "Server-sent event streams open now (/sse).",
+            ),
             Gauge::ConnectionsOpen => ("ringcast_connections_open", "Connections open now."),
             Gauge::WebSocketsOpen => (
                 "ringcast_websockets_open",
@@ -341,9 +350,22 @@ pub fn render_shards(out: &mut String, shards: &[LocalStats]) {
         }
     }
     for c in Counter::ALL {
+        if c == Counter::SlowSseCuts {
+            continue; // rendered with SlowClientCuts, as transport="sse"
+        }
         let (name, help) = c.name_help();
         write_header(out, name, help, "counter");
         for (i, s) in shards.iter().enumerate() {
+            if c == Counter::SlowClientCuts {
+                for (transport, counter) in [("websocket", c), ("sse", Counter::SlowSseCuts)] {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{shard=\"{i}\",transport=\"{transport}\"}} {}",
+                        s.counters[counter as usize]
+                    );
+                }
+                continue;
+            }
             let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", s.counters[c as usize]);
         }
     }

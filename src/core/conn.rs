@@ -35,6 +35,8 @@ pub enum Endpoint {
     Subscriber,
     /// `/echo`: echoes every message (conformance testing).
     Echo,
+    /// `/sse`: a subscriber on a server-sent event stream.
+    Sse,
 }
 
 /// Where the connection is in its life.
@@ -113,10 +115,36 @@ pub struct Conn {
     pub budget: ClientBudget,
     /// permessage-deflate, when negotiated.
     pub deflate: Option<crate::protocol::deflate::Agreement>,
+    /// Where a server-sent event stream stands in each channel (its events'
+    /// ids); `None` for every other connection.
+    pub sse: Option<Box<SseState>>,
     /// Entry in the per-IP limits table.
     pub peer: crate::limits::PeerSlot,
     /// Authentication state; `None` when authentication is off.
     pub auth: Option<Box<AuthState>>,
+}
+
+/// An event stream's position in each of its channels: the last seq it was
+/// sent (or told it missed), which every event's id carries.
+#[derive(Debug, Default)]
+pub struct SseState {
+    pub positions: Vec<(u32, std::sync::Arc<str>, u64)>,
+}
+
+impl SseState {
+    pub fn set(&mut self, channel: u32, seq: u64) {
+        if let Some(p) = self.positions.iter_mut().find(|p| p.0 == channel) {
+            p.2 = seq;
+        }
+    }
+
+    /// The `id:` line for where the stream stands now.
+    pub fn id_line(&self, epoch: &str) -> bytes::Bytes {
+        bytes::Bytes::from(crate::protocol::sse::id_line(
+            epoch,
+            self.positions.iter().map(|(_, name, seq)| (&**name, *seq)),
+        ))
+    }
 }
 
 /// Where an authenticated connection stands.
@@ -171,6 +199,7 @@ impl Conn {
             replay: None,
             budget: ClientBudget::default(),
             deflate: None,
+            sse: None,
             peer: crate::limits::UNTRACKED,
             auth: None,
         }

@@ -8,6 +8,7 @@ use super::conn::{AuthState, Conn, ConnKey, Endpoint, Phase};
 use super::outqueue::Forms;
 use super::slab::Slab;
 use super::timer::{TimerEntry, TimerWheel};
+use std::rc::Rc;
 
 const TICK_MS: u64 = 20;
 const WHEEL_SLOTS: usize = 4096;
@@ -21,6 +22,8 @@ pub struct Connections {
     flush_list: VecDeque<u32>,
     /// Connections upgraded to WebSocket and not yet released.
     websockets: u64,
+    /// Server-sent event streams open.
+    sse_streams: u64,
 }
 
 impl Connections {
@@ -34,6 +37,7 @@ impl Connections {
             due: Vec::new(),
             flush_list: VecDeque::new(),
             websockets: 0,
+            sse_streams: 0,
         }
     }
 
@@ -47,6 +51,10 @@ impl Connections {
 
     pub fn websockets(&self) -> u64 {
         self.websockets
+    }
+
+    pub fn sse_streams(&self) -> u64 {
+        self.sse_streams
     }
 
     pub fn get(&self, slot: u32) -> Option<&Conn> {
@@ -97,8 +105,10 @@ impl Connections {
         if let Some(conn) = self.slab.get_mut(slot) {
             debug_assert!(conn.endpoint == Endpoint::Unknown || conn.endpoint == Endpoint::Http);
             conn.endpoint = endpoint;
-            if matches!(endpoint, Endpoint::Subscriber | Endpoint::Echo) {
-                self.websockets += 1;
+            match endpoint {
+                Endpoint::Subscriber | Endpoint::Echo => self.websockets += 1,
+                Endpoint::Sse => self.sse_streams += 1,
+                _ => {}
             }
         }
     }
@@ -108,8 +118,10 @@ impl Connections {
     pub fn remove(&mut self, key: ConnKey) -> Option<Conn> {
         self.live(key)?;
         let conn = self.slab.remove(key.slot)?;
-        if matches!(conn.endpoint, Endpoint::Subscriber | Endpoint::Echo) {
-            self.websockets -= 1;
+        match conn.endpoint {
+            Endpoint::Subscriber | Endpoint::Echo => self.websockets -= 1,
+            Endpoint::Sse => self.sse_streams -= 1,
+            _ => {}
         }
         Some(conn)
     }
@@ -165,12 +177,25 @@ impl Connections {
 
     /// Queues a message's shared frame (the form this connection takes) on
     /// `slot` and schedules its flush (the fan-out's inner step); returns the
-    /// bytes now queued there and the frame's length.
-    pub fn push_frame(&mut self, slot: u32, forms: &Forms) -> Option<(u64, u64)> {
+    /// bytes now queued there and the bytes added. An event stream gets the
+    /// shared event after an id of its own (its position in every channel,
+    /// now at `seq` in `channel`).
+    pub fn push_frame(
+        &mut self,
+        slot: u32,
+        forms: &Forms,
+        channel: u32,
+        seq: u64,
+        epoch: &str,
+    ) -> Option<(u64, u64)> {
         let conn = self.slab.get_mut(slot)?;
-        let frame = forms.pick(conn.takes_deflated());
-        let len = frame.len() as u64;
-        conn.out.push(frame.clone());
+        let len = match (conn.sse.as_deref_mut(), forms.sse()) {
+            (Some(stream), Some(event)) => {
+                stream.set(channel, seq);
+                conn.out.push(Rc::new(stream.id_line(epoch))) + conn.out.push(event.clone())
+            }
+            _ => conn.out.push(forms.pick(conn.takes_deflated()).clone()),
+        };
         let queued = conn.out.queued_bytes();
         if !conn.flush_pending {
             conn.flush_pending = true;

@@ -18,7 +18,6 @@ use super::registry::{ChannelRefused, Creator};
 use crate::protocol::control;
 use conn::{PENDING, ReplayCursor, Subscription};
 use outqueue::Forms;
-use send::text_frame;
 
 /// Bytes of history copied into a connection's queue per refill.
 const REPLAY_BATCH_BYTES: usize = 256 * 1024;
@@ -130,7 +129,7 @@ impl ShardCore {
         match ack {
             Ack::Welcome { mut handshake } => {
                 let welcome = control::welcome(&self.shared.epoch, &currents);
-                handshake.extend_from_slice(&encode_server_frame(OpCode::Text, welcome.as_bytes()));
+                handshake.extend_from_slice(&self.notice_frame(slot, &welcome));
                 self.enqueue(slot, Rc::new(Bytes::from(handshake)));
             }
             Ack::Subscribed if currents.is_empty() => {}
@@ -193,6 +192,11 @@ impl ShardCore {
         };
         if conn.subs.iter().any(|s| s.channel == local) {
             return Ok(Subscribed { current, reset });
+        }
+        if let Some(stream) = conn.sse.as_deref_mut() {
+            stream
+                .positions
+                .push((local, ch.channel.name.clone(), cursor - 1));
         }
         if cursor == ch.delivered_seq + 1 {
             conn.subs.push(Subscription {
@@ -264,6 +268,9 @@ impl ShardCore {
             return;
         }
         self.channels.unsubscribed();
+        if let Some(stream) = self.conns.get_mut(slot).and_then(|c| c.sse.as_deref_mut()) {
+            stream.positions.retain(|p| p.0 != sub.channel);
+        }
         let Some(ch) = self.channels.get_mut(sub.channel) else {
             return;
         };
@@ -303,12 +310,16 @@ impl ShardCore {
             return;
         }
         ch.delivered_seq = delivery.seq;
-        let forms = Forms::new(delivery.message);
+        let forms = Forms::new(delivery.message, self.conns.sse_streams() > 0);
+        let epoch = &self.shared.epoch;
         let high_water = self.config.high_water;
         let mut peak = self.stats.gauge(Gauge::QueuedBytesPeak);
         let mut added = 0;
         for &slot in &ch.subscribers {
-            let Some((queued, len)) = self.conns.push_frame(slot, &forms) else {
+            let Some((queued, len)) =
+                self.conns
+                    .push_frame(slot, &forms, local, delivery.seq, epoch)
+            else {
                 continue;
             };
             added += len;
@@ -348,9 +359,13 @@ impl ShardCore {
             };
             if next == seq {
                 set_cursor(conn, local, seq + 1);
-                let frame = forms.pick(conn.takes_deflated()).clone();
                 self.stats.add(Counter::FramesDelivered, 1);
-                self.enqueue(slot, frame);
+                if let Some((_, added)) =
+                    self.conns
+                        .push_frame(slot, forms, local, seq, &self.shared.epoch)
+                {
+                    self.note_queued(slot, added);
+                }
                 self.join_live(slot, local);
             } else if next == seq + 1 {
                 self.join_live(slot, local);
@@ -395,12 +410,25 @@ impl ShardCore {
                 match found {
                     Replay::Gap { from, to } => {
                         let notice = control::gap(&channel.name, from, to);
-                        self.push_replayed(slot, text_frame(&notice));
+                        if let Some(stream) = self.sse_state(slot) {
+                            stream.set(cursor.channel, to);
+                        }
+                        let frame = self.notice_frame(slot, &notice);
+                        self.push_replayed(slot, frame);
                         cursor.next = to + 1;
                     }
                     Replay::Frames { next } => {
-                        for message in batch.drain(..) {
-                            let frame = message.for_client(deflate).clone();
+                        for (seq, message) in (cursor.next..).zip(batch.drain(..)) {
+                            let shared = self.shared.clone();
+                            let frame = match self.sse_state(slot) {
+                                Some(stream) => {
+                                    stream.set(cursor.channel, seq);
+                                    let id = stream.id_line(&shared.epoch);
+                                    self.push_replayed(slot, Rc::new(id));
+                                    message.sse_form()
+                                }
+                                None => message.for_client(deflate).clone(),
+                            };
                             budget = budget.saturating_sub(frame.len());
                             self.push_replayed(slot, Rc::new(frame));
                             self.stats.add(Counter::FramesReplayed, 1);

@@ -47,6 +47,7 @@ impl ShardCore {
         }
         match head.path.as_str() {
             "/ws" => self.upgrade(slot, head, Endpoint::Subscriber, rest),
+            "/sse" if head.method == "GET" => self.open_event_stream(slot, head),
             "/echo" if self.config.echo => self.upgrade(slot, head, Endpoint::Echo, rest),
             path => {
                 self.stats.add(Counter::HttpRequests, 1);
@@ -227,6 +228,92 @@ impl ShardCore {
         }
     }
 
+    /// `GET /sse`: the same subscription, `since`, `token` and Origin rules as
+    /// `/ws`, answered with a server-sent event stream. `Last-Event-ID` (what
+    /// a reconnecting `EventSource` sends) wins over `since=`.
+    fn open_event_stream(&mut self, slot: u32, head: &RequestHead) {
+        let refuse = |status: u16, why: String| {
+            http_response(status, "text/plain", format!("{why}\n").as_bytes(), &[])
+        };
+        if self.shared.is_draining() {
+            let body = b"server is shutting down; connect to another node\n";
+            let response = http_response(503, "text/plain", body, &[("Retry-After", "1")]);
+            return self.reject(slot, response);
+        }
+        if let Some(origin) = &head.origin
+            && !origin_allowed(&self.config.allowed_origins, origin)
+        {
+            self.stats.add(Counter::RefusedOrigin, 1);
+            return self.reject(slot, refuse(403, format!("origin {origin} is not allowed")));
+        }
+        let mut query = match parse_ws_query(&head.query, self.config.max_subscriptions) {
+            Ok(q) => q,
+            Err(why) => {
+                if matches!(why, QueryError::TooManyChannels { .. }) {
+                    self.stats.add(Counter::SubscriptionLimit, 1);
+                }
+                return self.reject(slot, refuse(400, why.to_string()));
+            }
+        };
+        if let Some(id) = &head.last_event_id
+            && let Some((epoch, positions)) = crate::protocol::sse::parse_last_event_id(id)
+        {
+            match crate::protocol::query::parse_since(positions, &query.channels) {
+                Ok(since) => {
+                    query.since = since;
+                    query.epoch = Some(epoch.to_owned());
+                }
+                Err(why) => return self.reject(slot, refuse(400, format!("Last-Event-ID: {why}"))),
+            }
+        }
+        // A stream cannot authenticate later: the token comes with the URL.
+        let mut auth = None;
+        if let Some(authenticator) = self.config.auth.clone() {
+            let Some(token) = query.token.as_deref() else {
+                self.stats.add(Counter::AuthFailures, 1);
+                return self.reject(
+                    slot,
+                    refuse(401, "a token is required: add token= to the URL".into()),
+                );
+            };
+            match authenticator.verify_at(token, self.unix_now()) {
+                Err(refusal) => {
+                    self.stats.add(Counter::AuthFailures, 1);
+                    return self.reject(slot, refuse(401, refusal.reason()));
+                }
+                Ok(grant) => {
+                    if let Some(denied) = query.channels.iter().find(|c| !grant.allows(c)) {
+                        self.stats.add(Counter::AuthFailures, 1);
+                        let why = format!("channel '{denied}' is not allowed by the token");
+                        return self.reject(slot, refuse(403, why));
+                    }
+                    auth = Some(self.granted(grant));
+                }
+            }
+        }
+        self.stats.add(Counter::HttpRequests, 1);
+        let budget = ClientBudget::full(&self.budget_rates, self.now_ms);
+        self.conns.upgraded(slot, Endpoint::Sse);
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        conn.phase = Phase::Open;
+        conn.budget = budget;
+        // Nothing the client sends matters now; end of stream still does.
+        conn.input = Input::Discard;
+        conn.sse = Some(Box::default());
+        conn.auth = auth.map(Box::new);
+        // Counted down when the connection is released.
+        self.shared.sse_clients.fetch_add(1, Ordering::Relaxed);
+        // The origin was allowed above: say so, so EventSource may read it.
+        let response = crate::protocol::sse::response_head(head.origin.as_deref());
+        if self.subscribe_query(slot, &query, response).is_err() {
+            return;
+        }
+        let deadline = self.now_ms + self.config.ping_interval.as_millis() as u64;
+        self.set_deadline(slot, deadline);
+    }
+
     /// Subscribes to what the URL asked for, after `prefix` (the handshake
     /// response, or nothing once it is sent). Closes with 1013 when the
     /// server's channel table is full.
@@ -244,8 +331,14 @@ impl ShardCore {
             _ => Epoch::Current,
         };
         if let Err(refused) = self.subscribe_and_notify(slot, &query.channels, &since, epoch, ack) {
-            let frame = encode_close_frame(1013, refused.why.reason());
-            self.close_with(slot, Some(frame), CloseReason::Error);
+            let last = if self.conns.get(slot).is_some_and(|c| c.sse.is_some()) {
+                // An event stream ends with an error event instead.
+                let notice = crate::protocol::control::error(refused.why.reason());
+                Bytes::clone(&self.notice_frame(slot, &notice))
+            } else {
+                encode_close_frame(1013, refused.why.reason())
+            };
+            self.close_with(slot, Some(last), CloseReason::Error);
             return Err(());
         }
         Ok(())

@@ -140,6 +140,9 @@ pub struct Delivery {
 pub struct Encoded {
     pub frame: Bytes,
     pub deflated: Option<Bytes>,
+    /// The server-sent event form (`data:` lines; each stream adds its id),
+    /// made by the feed while some event stream is open.
+    pub sse: Option<Bytes>,
 }
 
 impl Encoded {
@@ -147,12 +150,23 @@ impl Encoded {
         Encoded {
             frame,
             deflated: None,
+            sse: None,
         }
+    }
+
+    /// The event-stream form, made from the frame when the feed did not.
+    pub fn sse_form(&self) -> Bytes {
+        self.sse.clone().unwrap_or_else(|| {
+            let json = crate::protocol::frame::server_frame_payload(&self.frame);
+            Bytes::from(crate::protocol::sse::message_data(json))
+        })
     }
 
     /// Bytes held (both forms).
     pub fn len(&self) -> usize {
-        self.frame.len() + self.deflated.as_ref().map_or(0, Bytes::len)
+        self.frame.len()
+            + self.deflated.as_ref().map_or(0, Bytes::len)
+            + self.sse.as_ref().map_or(0, Bytes::len)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -436,6 +450,9 @@ impl ShardCore {
         if conn.endpoint == Endpoint::Subscriber && conn.takes_deflated() {
             self.shared.deflate_clients.fetch_sub(1, Ordering::Relaxed);
         }
+        if conn.endpoint == Endpoint::Sse {
+            self.shared.sse_clients.fetch_sub(1, Ordering::Relaxed);
+        }
         conn.out.abandon_in_flight();
         let released = conn.out.clear();
         self.note_unqueued(released);
@@ -456,11 +473,12 @@ impl ShardCore {
     /// new upgrades are answered 503 (`Shared::draining`).
     pub fn drain(&mut self) {
         for slot in self.conns.slots(Some(Phase::Open)) {
-            let frame = encode_close_frame(
+            let last = self.last_words(
+                slot,
                 1001,
                 "server shutting down; reconnect with since= to resume",
             );
-            self.close_with(slot, Some(frame), CloseReason::Shutdown);
+            self.close_with(slot, Some(last), CloseReason::Shutdown);
         }
         // The control plane waits for the count of open WebSockets to reach
         // 0; publish it now (still counting these), then say so.
@@ -497,6 +515,8 @@ impl ShardCore {
             .set(Gauge::Subscriptions, self.channels.subscriptions());
         self.stats
             .set(Gauge::WebSocketsOpen, self.conns.websockets());
+        self.stats
+            .set(Gauge::SseStreamsOpen, self.conns.sse_streams());
         self.shared.shard_stats[self.index].publish(&self.stats);
         self.shared.shard_heartbeat[self.index].store(self.now_ms, Ordering::Relaxed);
     }
@@ -612,8 +632,8 @@ impl ShardCore {
                 match auth_end {
                     Some(reason) => {
                         self.stats.add(Counter::AuthFailures, 1);
-                        let frame = encode_close_frame(4001, reason);
-                        self.close_with(slot, Some(frame), CloseReason::AuthRefused);
+                        let last = self.last_words(slot, 4001, reason);
+                        self.close_with(slot, Some(last), CloseReason::AuthRefused);
                     }
                     None => self.heartbeat(slot),
                 }
@@ -643,6 +663,15 @@ impl ShardCore {
         };
         // A quiet moment: an idle connection gives back its queue storage.
         conn.out.release_storage();
+        if conn.sse.is_some() {
+            // An event stream cannot answer: a comment keeps proxies from
+            // timing it out, and a gone peer shows as a failed send.
+            self.enqueue(
+                slot,
+                Rc::new(Bytes::from_static(crate::protocol::sse::HEARTBEAT)),
+            );
+            return self.set_deadline(slot, self.now_ms + interval);
+        }
         match conn.heartbeat.on_due() {
             Beat::Silent => {
                 let frame = encode_close_frame(1001, "ping timeout");
@@ -658,6 +687,16 @@ impl ShardCore {
                 self.set_deadline(slot, self.now_ms + timeout);
             }
         }
+    }
+
+    /// What a connection is told as it is closed: a close frame with `code`,
+    /// or on an event stream (which has none) an `error` event.
+    fn last_words(&self, slot: u32, code: u16, reason: &str) -> Bytes {
+        if self.conns.get(slot).is_some_and(|c| c.sse.is_some()) {
+            let notice = crate::protocol::control::error(reason);
+            return Bytes::clone(&self.notice_frame(slot, &notice));
+        }
+        encode_close_frame(code, reason)
     }
 
     /// The time in Unix seconds (token expiry is in those).

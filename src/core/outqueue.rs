@@ -28,14 +28,23 @@ pub type FrameRef = Rc<Bytes>;
 pub struct Forms {
     plain: FrameRef,
     deflated: Option<FrameRef>,
+    sse: Option<FrameRef>,
 }
 
 impl Forms {
-    pub fn new(message: super::Encoded) -> Forms {
+    /// The forms of `message`; with `sse`, the event-stream one too.
+    pub fn new(message: super::Encoded, sse: bool) -> Forms {
+        let sse = sse.then(|| Rc::new(message.sse_form()));
         Forms {
             plain: Rc::new(message.frame),
             deflated: message.deflated.map(Rc::new),
+            sse,
         }
+    }
+
+    /// The event-stream form (`data:` lines), when made.
+    pub fn sse(&self) -> Option<&FrameRef> {
+        self.sse.as_ref()
     }
 
     /// The frame for a client that takes compressed frames (`deflate`) or not.

@@ -15,9 +15,32 @@ impl ShardCore {
         self.schedule_flush(slot);
     }
 
-    /// Queues a text frame (a notice) for `slot`.
+    /// Queues a notice for `slot`.
     pub(super) fn enqueue_text(&mut self, slot: u32, text: &str) {
-        self.enqueue(slot, text_frame(text));
+        let frame = self.notice_frame(slot, text);
+        self.enqueue(slot, frame);
+    }
+
+    /// A notice (JSON with a `type`) as `slot` takes it: a text frame, or on
+    /// an event stream an event named by its type.
+    pub(super) fn notice_frame(&self, slot: u32, text: &str) -> FrameRef {
+        let on_stream = self.conns.get(slot).is_some_and(|c| c.sse.is_some());
+        if !on_stream {
+            return text_frame(text);
+        }
+        let kind = serde_json::from_str::<serde_json::Value>(text)
+            .ok()
+            .and_then(|v| v["type"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| "notice".to_owned());
+        Rc::new(Bytes::from(crate::protocol::sse::notice(
+            &kind,
+            text.as_bytes(),
+        )))
+    }
+
+    /// The event-stream state of `slot`, if it is an event stream.
+    pub(super) fn sse_state(&mut self, slot: u32) -> Option<&mut conn::SseState> {
+        self.conns.get_mut(slot)?.sse.as_deref_mut()
     }
 
     /// Accounts for `n` bytes just queued on `slot`, and cuts the client if
@@ -63,7 +86,14 @@ impl ShardCore {
             return;
         };
         let released = conn.out.drop_unsent();
+        let stream = conn.sse.is_some();
         self.note_unqueued(released);
+        if stream {
+            // An event stream has no close frame: it ends, and EventSource
+            // reconnects with the id of the last event it got.
+            self.stats.add(Counter::SlowSseCuts, 1);
+            return self.close_with(slot, None, CloseReason::SlowClient);
+        }
         self.stats.add(Counter::SlowClientCuts, 1);
         let reason = format!(
             "slow consumer: more than {limit} bytes queued; reconnect with since= to resume"

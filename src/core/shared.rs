@@ -39,6 +39,9 @@ pub struct Shared {
     /// (permessage-deflate with a full window): while there are none, the
     /// feed compresses nothing.
     pub deflate_clients: AtomicU64,
+    /// Server-sent event streams open, all shards: while there are none,
+    /// the feed makes no event-stream form of messages.
+    pub sse_clients: AtomicU64,
 }
 
 impl Shared {
@@ -61,6 +64,7 @@ impl Shared {
             shard_heartbeat: (0..shards).map(|_| AtomicU64::new(0)).collect(),
             unix_ms_at_start,
             deflate_clients: AtomicU64::new(0),
+            sse_clients: AtomicU64::new(0),
         }
     }
 

@@ -313,7 +313,17 @@ impl Distributor {
                     .as_mut()
                     .filter(|_| shared.deflate_clients.load(Relaxed) > 0)
                     .and_then(|c| deflate(c, stats, &frame));
-                Encoded { frame, deflated }
+                // The event-stream form, once, while some stream is open.
+                let sse = (shared.sse_clients.load(Relaxed) > 0).then(|| {
+                    Bytes::from(crate::protocol::sse::message_data(server_frame_payload(
+                        &frame,
+                    )))
+                });
+                Encoded {
+                    frame,
+                    deflated,
+                    sse,
+                }
             });
             if let Some(published) = published {
                 break (channel, published);

@@ -31,6 +31,8 @@ pub struct RequestHead {
     pub protocols: Vec<String>,
     /// `Sec-WebSocket-Extensions` header values, in order.
     pub extensions: Vec<String>,
+    /// `Last-Event-ID`: where a reconnecting `EventSource` stood.
+    pub last_event_id: Option<String>,
     /// `X-Forwarded-For`, several headers joined with `,` in order; only
     /// believed from `--trusted-proxies`.
     pub forwarded_for: Option<String>,
@@ -120,6 +122,7 @@ pub fn parse_request_head_limited(
         origin: None,
         protocols: Vec::new(),
         extensions: Vec::new(),
+        last_event_id: None,
         forwarded_for: None,
         has_body: false,
     };
@@ -166,6 +169,8 @@ pub fn parse_request_head_limited(
                 list.push(',');
             }
             list.push_str(value.trim());
+        } else if name.eq_ignore_ascii_case("last-event-id") {
+            head.last_event_id = Some(value.trim().to_owned());
         } else if name.eq_ignore_ascii_case("sec-websocket-extensions") {
             head.extensions.push(value.trim().to_owned());
         } else if name.eq_ignore_ascii_case("sec-websocket-protocol") {

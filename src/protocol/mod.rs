@@ -9,3 +9,4 @@ pub mod frame;
 pub mod handshake;
 pub mod query;
 pub mod reader;
+pub mod sse;

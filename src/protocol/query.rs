@@ -99,7 +99,8 @@ pub fn parse_ws_query(query: &str, max_channels: usize) -> Result<WsQuery, Query
     })
 }
 
-fn parse_since(text: &str, channels: &[String]) -> Result<Vec<(String, u64)>, String> {
+/// Parses a `since` value (`41`, or `a:41,b:7`) for `channels`.
+pub fn parse_since(text: &str, channels: &[String]) -> Result<Vec<(String, u64)>, String> {
     let seq = |s: &str| {
         s.parse::<u64>()
             .map_err(|_| format!("invalid since value '{s}': expected a seq number"))
