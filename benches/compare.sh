@@ -9,7 +9,7 @@
 #
 #   benches/compare.sh                 # everything (~35 minutes on 2 cores)
 #   SERVERS="ringcast ringcast-epoll" SCENARIOS="low s3" benches/compare.sh
-#   SERVERS=ringcast SCENARIOS="json deflate" benches/compare.sh   # compression
+#   SERVERS=ringcast SCENARIOS="json deflate sse" benches/compare.sh  # compression, SSE
 #
 # Environment: SERVER_CPU (0), BENCH_CPU (1), CONNS (10000), STEP (10s),
 # S1_RATES, S1_P99 (1s; see the README on why not 50ms at 10,000 clients).
@@ -17,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 SERVERS=${SERVERS:-"floor ringcast ringcast-epoll tokio"}
-SCENARIOS=${SCENARIOS:-"low s1 half s2 s3 s4 json deflate"}
+SCENARIOS=${SCENARIOS:-"low s1 half s2 s3 s4 json deflate sse"}
 SERVER_CPU=${SERVER_CPU:-0}
 BENCH_CPU=${BENCH_CPU:-1}
 CONNS=${CONNS:-10000}
@@ -103,10 +103,11 @@ for scenario in $SCENARIOS; do
       # Compression, side by side on ringcast: 1 KiB JSON-like messages to
       # clients that do not offer permessage-deflate (json), then to clients
       # that all do (deflate: each message compressed once for all of them).
-      json | deflate)
+      json | deflate | sse)
         case $name in ringcast*) ;; *) continue ;; esac
         flags=()
         [ "$scenario" = deflate ] && flags=(--compression)
+        [ "$scenario" = sse ] && flags=(--transport sse)
         bench "$name" "$scenario" --connections "$CONNS" --size 1024 --rate "$JSON_RATE" \
           --duration 20s --max-p99 "$S1_P99" "${flags[@]}" ;;
     esac

@@ -80,18 +80,21 @@ row("S3: server RSS per idle connection (B)", [get(x, "server_rss_per_connection
 s4 = [step(s, "s4", "max") for s in servers]
 row("S4 (100 x 60 KB): MB/s sustained", [(get(x, "deliveries_per_sec") or 0) * 60000 / 1e6 if x else None for x in s4], ratio_to="tokio", lower_is_better=False)
 
-# Compression: each ringcast server against itself, plain vs compressed.
+# Compression and SSE: each ringcast server against itself, on plain
+# WebSocket clients (json) vs compressed ones (deflate) vs event streams (sse).
 for s in servers:
-    plain, deflated = step(s, "json"), step(s, "deflate")
-    if not plain or not deflated:
-        continue
-    for label, key in [("ns per delivery", "server_cpu_ns_per_delivery"),
-                       ("core busy ns per delivery", "server_core_busy_ns_per_delivery"),
-                       ("bytes on the wire per delivery", "wire_bytes_per_delivery")]:
-        a, b = get(plain, key), get(deflated, key)
-        ratio = f"deflate/plain {b / a:.2f}x" if a and b else ""
-        rows.append((f"{s} 1 KiB JSON: {label}, plain / deflate",
-                     [fmt(a) + " / " + fmt(b) if x == s else "" for x in servers], ratio))
+    plain = step(s, "json")
+    for other in ["deflate", "sse"]:
+        alt = step(s, other)
+        if not plain or not alt:
+            continue
+        for label, key in [("ns per delivery", "server_cpu_ns_per_delivery"),
+                           ("core busy ns per delivery", "server_core_busy_ns_per_delivery"),
+                           ("bytes on the wire per delivery", "wire_bytes_per_delivery")]:
+            a, b = get(plain, key), get(alt, key)
+            ratio = f"{other}/plain {b / a:.2f}x" if a and b else ""
+            rows.append((f"{s} 1 KiB JSON: {label}, plain / {other}",
+                         [fmt(a) + " / " + fmt(b) if x == s else "" for x in servers], ratio))
 
 width = max(len(r[0]) for r in rows)
 print()

@@ -92,6 +92,7 @@ fn bench(args: BenchArgs) -> ExitCode {
             channel: args.channel.clone(),
             size: args.size,
             compression: args.compression,
+            sse: args.transport == "sse",
             rates: args.rate.clone(),
             duration: duration(&args.duration, "--duration")?,
             drain: duration(&args.drain, "--drain")?,

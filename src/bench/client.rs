@@ -26,6 +26,8 @@ pub struct Target {
     pub path: String,
     /// Offer permessage-deflate.
     pub compression: bool,
+    /// Read a server-sent event stream (`GET /sse`) instead of WebSocket.
+    pub sse: bool,
 }
 
 /// One thread's share of the clients.
@@ -61,6 +63,8 @@ pub fn spawn(
 
 struct Conn {
     fd: RawFd,
+    /// An event stream, not a WebSocket.
+    sse: bool,
     /// Bytes of an incomplete frame.
     partial: Vec<u8>,
     /// Last bench seq seen (0: none yet).
@@ -104,6 +108,7 @@ fn run(plan: Plan, index: usize, shared: &Shared) {
             Ok((fd, leftover)) => {
                 conns.push(Conn {
                     fd,
+                    sse: plan.target.sse,
                     partial: Vec::new(),
                     last_seq: 0,
                     open: true,
@@ -252,6 +257,9 @@ fn gone(conn: &mut Conn, c: &mut Counters, slow_cut: bool) {
 /// buffer rather than allocating per read.
 fn on_bytes(conn: &mut Conn, data: &[u8], c: &mut Counters) {
     c.snap.bytes += data.len() as u64;
+    if conn.sse {
+        return on_event_bytes(conn, data, c);
+    }
     let mut partial = std::mem::take(&mut conn.partial);
     let buf: &[u8] = if partial.is_empty() {
         data
@@ -283,23 +291,48 @@ fn on_bytes(conn: &mut Conn, data: &[u8], c: &mut Counters) {
     conn.partial = partial;
 }
 
+/// An event stream: events end at a blank line; each bench event carries
+/// its stamp in its `data:` line.
+fn on_event_bytes(conn: &mut Conn, data: &[u8], c: &mut Counters) {
+    static END: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\n\n"));
+    conn.partial.extend_from_slice(data);
+    let mut at = 0;
+    while let Some(end) = END.find(&conn.partial[at..]) {
+        let event = &conn.partial[at..at + end];
+        if let Some((seq, sent_ns)) = bench_stamp(event) {
+            delivered(conn, seq, sent_ns, c);
+        }
+        at += end + 2;
+    }
+    conn.partial.drain(..at);
+    if conn.partial.is_empty() && conn.partial.capacity() > 4096 {
+        conn.partial = Vec::new();
+    }
+}
+
+/// A bench message arrived: counted, timed, and checked for gaps.
+fn delivered(conn: &mut Conn, seq: u64, sent_ns: u64, c: &mut Counters) {
+    c.snap.received += 1;
+    let latency_us = c.now_ns.saturating_sub(sent_ns) / 1000;
+    let _ = c.hist.record(latency_us.max(1));
+    if conn.last_seq == 0 || seq == conn.last_seq + 1 {
+        conn.last_seq = seq;
+    } else if seq > conn.last_seq {
+        c.snap.gaps += seq - conn.last_seq - 1;
+        conn.last_seq = seq;
+    } else {
+        c.snap.dups += 1;
+    }
+}
+
 fn on_frame(conn: &mut Conn, opcode: u8, payload: &[u8], c: &mut Counters) {
     match opcode {
         0x0..=0x2 => {
             let Some((seq, sent_ns)) = bench_stamp(payload) else {
                 return; // a notice, or another server's greeting
             };
-            c.snap.received += 1;
-            let latency_us = c.now_ns.saturating_sub(sent_ns) / 1000;
-            let _ = c.hist.record(latency_us.max(1));
-            if conn.last_seq == 0 || seq == conn.last_seq + 1 {
-                conn.last_seq = seq;
-            } else if seq > conn.last_seq {
-                c.snap.gaps += seq - conn.last_seq - 1;
-                conn.last_seq = seq;
-            } else {
-                c.snap.dups += 1;
-            }
+            delivered(conn, seq, sent_ns, c);
         }
         0x8 => {
             let code = (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
@@ -399,17 +432,24 @@ fn connect(
         &base64::engine::general_purpose::STANDARD,
         nonce.to_le_bytes(),
     );
-    let request = format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {}\r\n{}\r\n",
-        target.path,
-        target.host,
-        key,
-        if target.compression {
-            "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
-        } else {
-            ""
-        }
-    );
+    let request = if target.sse {
+        format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
+            target.path, target.host
+        )
+    } else {
+        format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {}\r\n{}\r\n",
+            target.path,
+            target.host,
+            key,
+            if target.compression {
+                "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+            } else {
+                ""
+            }
+        )
+    };
     stream.write_all(request.as_bytes())?;
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
@@ -423,7 +463,12 @@ fn connect(
         }
         buf.extend_from_slice(&chunk[..n]);
     };
-    if !buf.starts_with(b"HTTP/1.1 101") {
+    let expected: &[u8] = if target.sse {
+        b"HTTP/1.1 200"
+    } else {
+        b"HTTP/1.1 101"
+    };
+    if !buf.starts_with(expected) {
         let line = String::from_utf8_lossy(&buf[..buf.len().min(80)]).into_owned();
         return Err(std::io::Error::other(format!(
             "upgrade refused: {}",

@@ -40,6 +40,8 @@ pub struct BenchOptions {
     pub size: usize,
     /// Clients offer permessage-deflate.
     pub compression: bool,
+    /// Clients read server-sent event streams instead of WebSocket.
+    pub sse: bool,
     /// Publish rates to run, one step each (messages per second); empty or
     /// 0: hold the connections idle for `duration` (memory per connection).
     pub rates: Vec<f64>,
@@ -113,6 +115,12 @@ pub struct Report {
 pub fn run(opts: &BenchOptions) -> Result<Option<Report>, String> {
     let mut target = parse_url(&opts.url)?;
     target.compression = opts.compression;
+    if opts.sse {
+        if let Some(rest) = target.path.strip_prefix("/ws") {
+            target.path = format!("/sse{rest}");
+        }
+        target.sse = true;
+    }
     let processes = opts.processes.max(1);
     let index = opts.worker_index.unwrap_or(0);
     let share = |total: usize| total / processes + usize::from(index < total % processes);
@@ -494,6 +502,7 @@ fn parse_url(url: &str) -> Result<Target, String> {
         host: authority.to_owned(),
         path: path.to_owned(),
         compression: false,
+        sse: path.starts_with("/sse"),
     })
 }
 

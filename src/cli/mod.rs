@@ -84,6 +84,10 @@ pub struct BenchArgs {
     /// counted, not inflated, so latency is measured on uncompressed ones.
     #[arg(long)]
     pub compression: bool,
+    /// How clients subscribe: `websocket`, or `sse` (server-sent events:
+    /// `/ws` in --url becomes `/sse`).
+    #[arg(long, default_value = "websocket", value_parser = ["websocket", "sse"])]
+    pub transport: String,
     /// Messages per second; several (comma-separated) run as successive steps.
     #[arg(long, value_delimiter = ',', default_value = "100")]
     pub rate: Vec<f64>,
