@@ -32,7 +32,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Publish(args) => publish(args),
-        Command::Bench(args) => bench(args),
+        Command::Bench(args) => bench(*args),
         Command::Token(args) => token(args),
         Command::Doctor(args) if args.reference_sysctl => {
             print!(

@@ -24,7 +24,7 @@ pub enum Command {
     /// Check this host's kernel and process limits for N connections.
     Doctor(DoctorArgs),
     /// Fan-out load generator: N WebSocket clients, a paced feed, a report.
-    Bench(BenchArgs),
+    Bench(Box<BenchArgs>),
     /// Print a signed token (for --auth-secret-file servers), for testing and ops.
     Token(TokenArgs),
 }
