@@ -98,6 +98,8 @@ for scenario in $SCENARIOS; do
             --rate $(( $(max_rate) / 2 )) --duration 20s --max-p99 "$S1_P99" ;;
       # S3: ~19,000 idle connections: server memory per connection.
       s3) bench "$name" s3 --connections 19000 --rate 0 --duration 3s ;;
+      # S3 with every client on permessage-deflate.
+      s3-deflate) bench "$name" s3-deflate --connections 19000 --rate 0 --duration 3s --compression ;;
       # S4: 100 clients, big messages (60,000 bytes: what fits in a datagram).
       s4) bench "$name" s4 --connections 100 --size 60000 --rate "$S4_RATES" --duration "$STEP" --sweep --max-p99 "$S1_P99" ;;
       # Compression, side by side on ringcast: 1 KiB JSON-like messages to

@@ -863,3 +863,37 @@ fn a_resume_from_another_epoch_is_reset_and_replayed_from_this_epoch_s_start() {
     );
     assert_eq!(seqs(&frames), (51..=150).collect::<Vec<_>>());
 }
+
+#[test]
+fn a_compressed_connection_keeps_no_inflate_state_between_messages() {
+    let mut sim = Sim::new(config());
+    let key = sim.accept();
+    let request = format!(
+        "GET /ws?channels=a HTTP/1.1\r\nHost: x\r\n{UPGRADE}Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n"
+    );
+    sim.recv(key, request.as_bytes());
+    let head = sim.http_head(key);
+    assert!(head.contains("Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n"), "{head}");
+    let mut deflater = crate::protocol::deflate::Deflater::new(15).unwrap();
+    let compressed = deflater.compress(br#"{"type":"subscribe","channels":["b"]}"#);
+    let mut frame = encode_client_frame(true, 1, &compressed, [1, 2, 3, 4]);
+    frame[0] |= 0x40;
+    // Split mid-message: the reader exists while the message is half-read…
+    let (first, second) = frame.split_at(frame.len() / 2);
+    sim.recv(key, first);
+    let reading = |sim: &Sim| {
+        matches!(
+            &sim.core.conns.get(key.slot).unwrap().input,
+            Input::Frames(Some(_))
+        )
+    };
+    assert!(reading(&sim));
+    sim.recv(key, second);
+    // …and is gone once it is done: nothing of the inflater stays either.
+    assert!(
+        !reading(&sim),
+        "an idle compressed connection holds no reader"
+    );
+    let frames = sim.frames(key);
+    assert_eq!(frames.last().unwrap().json()["type"], "subscribed");
+}
