@@ -127,29 +127,13 @@ impl ShardCore {
             Ok(accept) => accept,
             Err(rejection) => return self.reject(slot, rejection.response()),
         };
-        if self.shared.is_draining() {
-            let body = b"server is shutting down; connect to another node\n";
-            let response = http_response(503, "text/plain", body, &[("Retry-After", "1")]);
+        if let Err(response) = self.admit_subscriber(head) {
             return self.reject(slot, response);
         }
-        if let Some(origin) = &head.origin
-            && !origin_allowed(&self.config.allowed_origins, origin)
-        {
-            self.stats.add(Counter::RefusedOrigin, 1);
-            let body = format!("origin {origin} is not allowed\n");
-            return self.reject(slot, http_response(403, "text/plain", body.as_bytes(), &[]));
-        }
         let query = if endpoint == Endpoint::Subscriber {
-            match parse_ws_query(&head.query, self.config.max_subscriptions) {
+            match self.subscriber_query(head) {
                 Ok(q) => Some(q),
-                Err(why) => {
-                    if matches!(why, QueryError::TooManyChannels { .. }) {
-                        self.stats.add(Counter::SubscriptionLimit, 1);
-                    }
-                    let body = format!("{why}\n");
-                    return self
-                        .reject(slot, http_response(400, "text/plain", body.as_bytes(), &[]));
-                }
+                Err(response) => return self.reject(slot, response),
             }
         } else {
             None
@@ -232,28 +216,12 @@ impl ShardCore {
     /// `/ws`, answered with a server-sent event stream. `Last-Event-ID` (what
     /// a reconnecting `EventSource` sends) wins over `since=`.
     fn open_event_stream(&mut self, slot: u32, head: &RequestHead) {
-        let refuse = |status: u16, why: String| {
-            http_response(status, "text/plain", format!("{why}\n").as_bytes(), &[])
-        };
-        if self.shared.is_draining() {
-            let body = b"server is shutting down; connect to another node\n";
-            let response = http_response(503, "text/plain", body, &[("Retry-After", "1")]);
+        if let Err(response) = self.admit_subscriber(head) {
             return self.reject(slot, response);
         }
-        if let Some(origin) = &head.origin
-            && !origin_allowed(&self.config.allowed_origins, origin)
-        {
-            self.stats.add(Counter::RefusedOrigin, 1);
-            return self.reject(slot, refuse(403, format!("origin {origin} is not allowed")));
-        }
-        let mut query = match parse_ws_query(&head.query, self.config.max_subscriptions) {
+        let mut query = match self.subscriber_query(head) {
             Ok(q) => q,
-            Err(why) => {
-                if matches!(why, QueryError::TooManyChannels { .. }) {
-                    self.stats.add(Counter::SubscriptionLimit, 1);
-                }
-                return self.reject(slot, refuse(400, why.to_string()));
-            }
+            Err(response) => return self.reject(slot, response),
         };
         if let Some(id) = &head.last_event_id
             && let Some((epoch, positions)) = crate::protocol::sse::parse_last_event_id(id)
@@ -312,6 +280,37 @@ impl ShardCore {
         }
         let deadline = self.now_ms + self.config.ping_interval.as_millis() as u64;
         self.set_deadline(slot, deadline);
+    }
+
+    /// The refusals a new subscriber meets on any transport: the server is
+    /// draining (503), or the browser page's origin is not allowed (403).
+    fn admit_subscriber(&mut self, head: &RequestHead) -> Result<(), Vec<u8>> {
+        if self.shared.is_draining() {
+            let body = b"server is shutting down; connect to another node\n";
+            return Err(http_response(
+                503,
+                "text/plain",
+                body,
+                &[("Retry-After", "1")],
+            ));
+        }
+        if let Some(origin) = &head.origin
+            && !origin_allowed(&self.config.allowed_origins, origin)
+        {
+            self.stats.add(Counter::RefusedOrigin, 1);
+            return Err(refuse(403, format!("origin {origin} is not allowed")));
+        }
+        Ok(())
+    }
+
+    /// What the URL asks for (400 when it cannot be read).
+    fn subscriber_query(&mut self, head: &RequestHead) -> Result<WsQuery, Vec<u8>> {
+        parse_ws_query(&head.query, self.config.max_subscriptions).map_err(|why| {
+            if matches!(why, QueryError::TooManyChannels { .. }) {
+                self.stats.add(Counter::SubscriptionLimit, 1);
+            }
+            refuse(400, why.to_string())
+        })
     }
 
     /// Subscribes to what the URL asked for, after `prefix` (the handshake
@@ -397,6 +396,11 @@ pub(super) const TOKEN_PROTOCOL: &str = "token.";
 
 /// Whether a browser's `Origin` matches one of the allowed patterns
 /// (`scheme://host[:port]`, host possibly `*.domain`); no patterns: any.
+/// A plain-text refusal with `status` and `why`.
+fn refuse(status: u16, why: String) -> Vec<u8> {
+    http_response(status, "text/plain", format!("{why}\n").as_bytes(), &[])
+}
+
 pub(super) fn origin_allowed(allowed: &[String], origin: &str) -> bool {
     if allowed.is_empty() {
         return true;
