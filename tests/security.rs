@@ -530,15 +530,9 @@ fn under_the_unit_the_secret_arrives_as_a_credential_and_reloads() {
     let (_other_dir, other) = secret_file();
     std::fs::write(&other, "rotated-secret-0123456789-0123456789-abcd\n").unwrap();
     let rotated = mint(&other, "prices", "10m");
-    assert_eq!(
-        upgrade(
-            &server,
-            &format!("/ws?channels=prices&token={rotated}"),
-            &[]
-        )
-        .0,
-        401
-    );
+    let status =
+        |token: &str| upgrade(&server, &format!("/ws?channels=prices&token={token}"), &[]).0;
+    assert_eq!(status(&rotated), 401);
 
     // Rotation: the new secret first, the old one second; systemd refreshes
     // the credential, the reload (SIGHUP) re-reads it.
@@ -556,20 +550,8 @@ fn under_the_unit_the_secret_arrives_as_a_credential_and_reloads() {
             Duration::from_secs(10),
         )
         .unwrap_or_else(|| panic!("no reload; log:\n{}", server.log()));
-    assert_eq!(
-        upgrade(
-            &server,
-            &format!("/ws?channels=prices&token={rotated}"),
-            &[]
-        )
-        .0,
-        101
-    );
-    assert_eq!(
-        upgrade(&server, &format!("/ws?channels=prices&token={token}"), &[]).0,
-        101,
-        "the old one still verifies"
-    );
+    assert_eq!(status(&rotated), 101);
+    assert_eq!(status(&token), 101, "the old one still verifies");
 }
 
 /// The server as `uid` with a secret file only root may read: it does not

@@ -399,6 +399,7 @@ impl ShardCore {
         let mut caught_up = Vec::new();
         let mut batch = Vec::new();
         let deflate = self.conns.get(slot).is_some_and(|c| c.takes_deflated());
+        let shared = self.shared.clone();
         for cursor in cursors.iter_mut() {
             let Some(ch) = self.channels.get(cursor.channel) else {
                 continue;
@@ -419,7 +420,6 @@ impl ShardCore {
                     }
                     Replay::Frames { next } => {
                         for (seq, message) in (cursor.next..).zip(batch.drain(..)) {
-                            let shared = self.shared.clone();
                             let frame = match self.sse_state(slot) {
                                 Some(stream) => {
                                     stream.set(cursor.channel, seq);

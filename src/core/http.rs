@@ -149,24 +149,15 @@ impl ShardCore {
             let token = offered
                 .map(|p| &p[TOKEN_PROTOCOL.len()..])
                 .or(query.token.as_deref());
-            match token.map(|t| authenticator.verify_at(t, self.unix_now())) {
+            match token {
                 None => auth = Some(AuthState::Pending(query.clone())),
-                Some(Err(refusal)) => {
-                    self.stats.add(Counter::AuthFailures, 1);
-                    let body = format!("{}\n", refusal.reason());
-                    return self
-                        .reject(slot, http_response(401, "text/plain", body.as_bytes(), &[]));
-                }
-                Some(Ok(grant)) => {
-                    if let Some(denied) = query.channels.iter().find(|c| !grant.allows(c)) {
-                        self.stats.add(Counter::AuthFailures, 1);
-                        let body = format!("channel '{denied}' is not allowed by the token\n");
-                        return self
-                            .reject(slot, http_response(403, "text/plain", body.as_bytes(), &[]));
+                Some(token) => match self.grant_for(&authenticator, token, query) {
+                    Ok(granted) => {
+                        protocol = offered.cloned();
+                        auth = Some(granted);
                     }
-                    protocol = offered.cloned();
-                    auth = Some(self.granted(grant));
-                }
+                    Err(response) => return self.reject(slot, response),
+                },
             }
         }
         let budget = ClientBudget::full(&self.budget_rates, self.now_ms);
@@ -244,19 +235,9 @@ impl ShardCore {
                     refuse(401, "a token is required: add token= to the URL".into()),
                 );
             };
-            match authenticator.verify_at(token, self.unix_now()) {
-                Err(refusal) => {
-                    self.stats.add(Counter::AuthFailures, 1);
-                    return self.reject(slot, refuse(401, refusal.reason()));
-                }
-                Ok(grant) => {
-                    if let Some(denied) = query.channels.iter().find(|c| !grant.allows(c)) {
-                        self.stats.add(Counter::AuthFailures, 1);
-                        let why = format!("channel '{denied}' is not allowed by the token");
-                        return self.reject(slot, refuse(403, why));
-                    }
-                    auth = Some(self.granted(grant));
-                }
+            match self.grant_for(&authenticator, token, &query) {
+                Ok(granted) => auth = Some(granted),
+                Err(response) => return self.reject(slot, response),
             }
         }
         self.stats.add(Counter::HttpRequests, 1);
@@ -280,6 +261,30 @@ impl ShardCore {
         }
         let deadline = self.now_ms + self.config.ping_interval.as_millis() as u64;
         self.set_deadline(slot, deadline);
+    }
+
+    /// Verifies a token given at connect time for the channels `query` asks
+    /// for: the grant, or the refusal to answer with (401, 403).
+    fn grant_for(
+        &mut self,
+        authenticator: &crate::auth::Authenticator,
+        token: &str,
+        query: &WsQuery,
+    ) -> Result<AuthState, Vec<u8>> {
+        let grant = authenticator
+            .verify_at(token, self.unix_now())
+            .map_err(|refusal| {
+                self.stats.add(Counter::AuthFailures, 1);
+                refuse(401, refusal.reason())
+            })?;
+        if let Some(denied) = query.channels.iter().find(|c| !grant.allows(c)) {
+            self.stats.add(Counter::AuthFailures, 1);
+            return Err(refuse(
+                403,
+                format!("channel '{denied}' is not allowed by the token"),
+            ));
+        }
+        Ok(self.granted(grant))
     }
 
     /// The refusals a new subscriber meets on any transport: the server is
@@ -330,13 +335,7 @@ impl ShardCore {
             _ => Epoch::Current,
         };
         if let Err(refused) = self.subscribe_and_notify(slot, &query.channels, &since, epoch, ack) {
-            let last = if self.conns.get(slot).is_some_and(|c| c.sse.is_some()) {
-                // An event stream ends with an error event instead.
-                let notice = crate::protocol::control::error(refused.why.reason());
-                Bytes::clone(&self.notice_frame(slot, &notice))
-            } else {
-                encode_close_frame(1013, refused.why.reason())
-            };
+            let last = self.last_words(slot, 1013, refused.why.reason());
             self.close_with(slot, Some(last), CloseReason::Error);
             return Err(());
         }

@@ -691,7 +691,7 @@ impl ShardCore {
 
     /// What a connection is told as it is closed: a close frame with `code`,
     /// or on an event stream (which has none) an `error` event.
-    fn last_words(&self, slot: u32, code: u16, reason: &str) -> Bytes {
+    pub(super) fn last_words(&self, slot: u32, code: u16, reason: &str) -> Bytes {
         if self.conns.get(slot).is_some_and(|c| c.sse.is_some()) {
             let notice = crate::protocol::control::error(reason);
             return Bytes::clone(&self.notice_frame(slot, &notice));
