@@ -149,7 +149,7 @@ pub fn start(config: &ServeConfig) -> Result<Running, StartError> {
         max_request_header: config.max_request_header,
         client_bytes_rate: config.client_bytes_rate.min(u64::from(u32::MAX / 4)) as u32,
         client_rate: config.client_rate,
-        serve_metrics: config.metrics_listen.is_none(),
+        serve_admin: config.metrics_listen.is_none(),
         compression: config.compression,
         compression_min_size: config.compression_min_size,
     });
@@ -177,20 +177,22 @@ pub fn start(config: &ServeConfig) -> Result<Running, StartError> {
     ));
     let feed = Arc::new(FeedStats::default());
     let udp_inode = Arc::new(AtomicU64::new(0));
-    let source = Arc::new(crate::admin::MetricsSource {
+    let source = Arc::new(crate::admin::AdminSource {
         shared: shared.clone(),
         feed: feed.clone(),
         udp_inode: udp_inode.clone(),
         started,
         io,
+        max_connections: max_connections as u64,
         busiest: Default::default(),
+        status: Default::default(),
     });
-    let metrics = crate::admin::start(source.clone())
-        .map_err(|e| StartError(format!("cannot start the metrics thread: {e}")))?;
+    let admin = crate::admin::start(source.clone())
+        .map_err(|e| StartError(format!("cannot start the admin threads: {e}")))?;
     let metrics_listen = match config.metrics_listen {
         Some(addr) => Some(crate::admin::serve_on(addr, source).map_err(|e| {
             StartError(format!(
-                "cannot listen for metrics on {addr} (--metrics-listen): {e}"
+                "cannot listen for the status page and metrics on {addr} (--metrics-listen): {e}"
             ))
         })?),
         None => None,
@@ -206,7 +208,7 @@ pub fn start(config: &ServeConfig) -> Result<Running, StartError> {
             driver: driver_config.clone(),
             shared: shared.clone(),
             started,
-            metrics: Some(metrics.clone()),
+            admin: Some(admin.clone()),
         };
         let handle = driver::spawn(setup)
             .map_err(|e| StartError(format!("shard {index} could not start: {e}")))?;

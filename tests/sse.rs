@@ -11,6 +11,7 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use common::Server;
+use common::proxy::CuttingProxy;
 use serde_json::Value;
 
 /// One event as the stream carried it.
@@ -312,68 +313,9 @@ fn sigterm_ends_every_stream_and_tokens_are_required_when_auth_is_on() {
     assert!(refused.head.starts_with("HTTP/1.1 401"), "{}", refused.head);
 }
 
-/// A TCP proxy in front of the server whose connections can all be cut at
-/// once: the network dropping a stream, as a mobile link does.
-struct CuttingProxy {
-    addr: std::net::SocketAddr,
-    open: std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>>,
-}
-
-impl CuttingProxy {
-    fn start(upstream: std::net::SocketAddr) -> CuttingProxy {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let list = open.clone();
-        std::thread::spawn(move || {
-            for client in listener.incoming() {
-                let Ok(client) = client else { break };
-                let Ok(server) = TcpStream::connect(upstream) else {
-                    continue;
-                };
-                list.lock().unwrap().push(client.try_clone().unwrap());
-                list.lock().unwrap().push(server.try_clone().unwrap());
-                for (mut from, mut to) in [
-                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
-                    (server, client),
-                ] {
-                    std::thread::spawn(move || {
-                        let _ = std::io::copy(&mut from, &mut to);
-                        let _ = to.shutdown(std::net::Shutdown::Both);
-                    });
-                }
-            }
-        });
-        CuttingProxy { addr, open }
-    }
-
-    fn cut(&self) {
-        for s in self.open.lock().unwrap().drain(..) {
-            let _ = s.shutdown(std::net::Shutdown::Both);
-        }
-    }
-}
-
-/// The `eventsource` npm package, installed on first use (as the Autobahn
-/// test builds its virtualenv): Node 20 has no EventSource of its own.
-fn ensure_eventsource() {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/js");
-    if std::path::Path::new(dir)
-        .join("node_modules/eventsource")
-        .exists()
-    {
-        return;
-    }
-    let status = std::process::Command::new("npm")
-        .args(["install", "--no-save", "--prefix", dir, "eventsource@2.0.2"])
-        .status()
-        .expect("npm is needed to install the eventsource package for this test");
-    assert!(status.success(), "npm install eventsource failed");
-}
-
 #[test]
 fn a_real_event_source_reconnects_and_resumes_without_loss_or_duplicate() {
-    ensure_eventsource();
+    common::ensure_js_packages();
     let server = Server::start(&["--unix", "feed.sock"]);
     let proxy = CuttingProxy::start(server.addr);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/js/sse_listen.js");

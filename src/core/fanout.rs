@@ -198,6 +198,7 @@ impl ShardCore {
                 .positions
                 .push((local, ch.channel.name.clone(), cursor - 1));
         }
+        ch.channel.count_subscriber(true);
         if cursor == ch.delivered_seq + 1 {
             conn.subs.push(Subscription {
                 channel: local,
@@ -274,6 +275,7 @@ impl ShardCore {
         let Some(ch) = self.channels.get_mut(sub.channel) else {
             return;
         };
+        ch.channel.count_subscriber(false);
         if sub.position == PENDING {
             ch.pending.retain(|&s| s != slot);
             if let Some(conn) = self.conns.get_mut(slot) {

@@ -3,8 +3,8 @@
 use super::*;
 
 use crate::protocol::handshake::{
-    HeadError, RequestHead, http_response, parse_request_head_limited, switching_protocols,
-    validate_upgrade,
+    HeadError, RequestHead, head_only, http_response, parse_request_head_limited,
+    switching_protocols, validate_upgrade,
 };
 use crate::protocol::query::{QueryError, WsQuery, parse_ws_query};
 use budget::ClientBudget;
@@ -69,34 +69,18 @@ impl ShardCore {
                                 http_response(200, "text/plain", b"ok\n", &[])
                             }
                         }
-                        "/metrics" if !self.config.serve_metrics => http_response(
-                            404,
-                            "text/plain",
-                            b"not found (metrics are served on the metrics listener)\n",
-                            &[],
-                        ),
-                        "/metrics" if head.method == "GET" => {
-                            // Rendered off the shard: a scrape must not stall
-                            // fan-out. The answer comes back in on_response.
-                            if let Some(key) = self.key_of(slot) {
-                                if let Some(conn) = self.conns.get_mut(slot) {
-                                    conn.endpoint = Endpoint::Http;
-                                }
-                                self.actions.push_back(Action::RenderMetrics { key });
+                        path => match AdminPage::at(path) {
+                            Some(page) if self.config.serve_admin => {
+                                return self.ask_admin(slot, page, head.method == "HEAD");
                             }
-                            return;
-                        }
-                        // HEAD: the headers only; the length of a page not rendered
-                        // is not known, so none is promised.
-                        "/metrics" => http_response(200, "text/plain; version=0.0.4", b"", &[]),
-                        "/" => http_response(200, "text/plain", INDEX_TEXT.as_bytes(), &[]),
-                        "/ringcast.js" => http_response(
-                            200,
-                            "application/javascript; charset=utf-8",
-                            CLIENT_JS.as_bytes(),
-                            &[],
-                        ),
-                        _ => http_response(404, "text/plain", b"not found\n", &[]),
+                            Some(_) => http_response(
+                                404,
+                                "text/plain",
+                                b"not found here: the status page and /metrics are served on the metrics listener (--metrics-listen)\n",
+                                &[],
+                            ),
+                            None => static_page(path),
+                        },
                     }
                 };
                 let response = if head.method == "HEAD" {
@@ -107,6 +91,20 @@ impl ShardCore {
                 self.respond_and_close(slot, response);
             }
         }
+    }
+
+    /// Hands `page` to the admin side, which renders it off the shard (a
+    /// scrape or an open status page must not stall fan-out); the answer
+    /// comes back in `on_response`.
+    fn ask_admin(&mut self, slot: u32, page: AdminPage, head: bool) {
+        let Some(key) = self.key_of(slot) else {
+            return;
+        };
+        if let Some(conn) = self.conns.get_mut(slot) {
+            conn.endpoint = Endpoint::Http;
+        }
+        self.actions
+            .push_back(Action::AdminPage { key, page, head });
     }
 
     pub(super) fn respond_and_close(&mut self, slot: u32, response: Vec<u8>) {
@@ -423,15 +421,15 @@ pub(super) fn origin_allowed(allowed: &[String], origin: &str) -> bool {
 /// The browser client (client/ringcast.js), embedded in the binary.
 const CLIENT_JS: &str = include_str!("../../client/ringcast.js");
 
-pub(super) const INDEX_TEXT: &str = concat!(
-    "ringcast ",
-    env!("CARGO_PKG_VERSION"),
-    "\nWebSocket: GET /ws?channels=a,b[&since=a:41,b:7]\nBrowser client: GET /ringcast.js\nHealth: GET /healthz\nMetrics: GET /metrics\n"
-);
-/// Strips the body from a response (for HEAD requests).
-pub(super) fn head_only(mut response: Vec<u8>) -> Vec<u8> {
-    if let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") {
-        response.truncate(end + 4);
+/// The plain GET answers that need nothing from the shard.
+fn static_page(path: &str) -> Vec<u8> {
+    match path {
+        "/ringcast.js" => http_response(
+            200,
+            "application/javascript; charset=utf-8",
+            CLIENT_JS.as_bytes(),
+            &[],
+        ),
+        _ => http_response(404, "text/plain", b"not found\n", &[]),
     }
-    response
 }

@@ -86,8 +86,9 @@ pub struct CoreConfig {
     pub max_request_header: usize,
     /// Bytes per second a `/ws` client may send.
     pub client_bytes_rate: u32,
-    /// `/metrics` is served on this listener (not when it has one of its own).
-    pub serve_metrics: bool,
+    /// The status page and `/metrics` are served on this listener (not
+    /// when they have one of their own).
+    pub serve_admin: bool,
     /// permessage-deflate is negotiated with clients that offer it.
     pub compression: bool,
     /// Messages shorter than this are not compressed (on `/echo`; the feed
@@ -116,7 +117,7 @@ impl Default for CoreConfig {
             allowed_origins: Vec::new(),
             max_request_header: 8192,
             client_bytes_rate: 65536,
-            serve_metrics: true,
+            serve_admin: true,
             compression: true,
             compression_min_size: 256,
         }
@@ -203,9 +204,38 @@ pub enum Action {
     /// A `Close` has not been reported done within the grace period: force
     /// the socket's pending operations to end (shut it down both ways).
     ForceShutdown { fd: RawFd },
-    /// Render the `/metrics` page off the shard and answer `key` with
-    /// [`ShardCore::on_response`].
-    RenderMetrics { key: ConnKey },
+    /// Have the admin side answer `key` with `page` (rendered off the
+    /// shard), then call [`ShardCore::on_response`]; `head`: a HEAD request,
+    /// answered without the body.
+    AdminPage {
+        key: ConnKey,
+        page: AdminPage,
+        head: bool,
+    },
+}
+
+/// The operator's pages. The shard only routes them: the admin side renders
+/// them from counters the shards already publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminPage {
+    /// `/metrics`, in the Prometheus text format.
+    Metrics,
+    /// `/`, the HTML status page.
+    Status,
+    /// `/status.json`, what the status page reads.
+    StatusJson,
+}
+
+impl AdminPage {
+    /// The page served at `path`, if any.
+    pub fn at(path: &str) -> Option<AdminPage> {
+        match path {
+            "/metrics" => Some(AdminPage::Metrics),
+            "/" => Some(AdminPage::Status),
+            "/status.json" => Some(AdminPage::StatusJson),
+            _ => None,
+        }
+    }
 }
 
 /// How a send ended, as the driver reports it.
@@ -460,7 +490,7 @@ impl ShardCore {
             .closed(conn.close_reason.unwrap_or(CloseReason::Error));
     }
 
-    /// The answer to an [`Action::RenderMetrics`] request.
+    /// The answer to an [`Action::AdminPage`] request.
     pub fn on_response(&mut self, key: ConnKey, response: Vec<u8>) {
         if let Some(slot) = self.live_slot(key)
             && self.conns.get(slot).is_some_and(|c| !c.is_closing())

@@ -24,7 +24,7 @@
 //! room for a new channel.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use super::Encoded;
@@ -49,6 +49,18 @@ pub struct Channel {
     /// Taken out of the table; a publish that still holds it must look the
     /// channel up again. Set and read under the history lock.
     retired: AtomicBool,
+    /// Subscriptions to it, all shards: counted when a client subscribes or
+    /// leaves (never per delivery), for the status page.
+    subscribers: AtomicU64,
+}
+
+/// One channel's figures at one instant, for the status page.
+#[derive(Debug, Clone)]
+pub struct ChannelFigures {
+    pub id: u64,
+    pub name: Arc<str>,
+    pub last_seq: u64,
+    pub subscribers: u64,
 }
 
 /// Per-channel history bounds.
@@ -109,6 +121,19 @@ impl Channel {
 
     pub fn is_interested(&self, shard: usize) -> bool {
         self.interest[shard].load(SeqCst)
+    }
+
+    /// A client subscribed (`true`) or left (`false`).
+    pub fn count_subscriber(&self, joined: bool) {
+        if joined {
+            self.subscribers.fetch_add(1, Relaxed);
+        } else {
+            self.subscribers.fetch_sub(1, Relaxed);
+        }
+    }
+
+    pub fn subscribers(&self) -> u64 {
+        self.subscribers.load(Relaxed)
     }
 
     fn has_interest(&self) -> bool {
@@ -303,6 +328,7 @@ impl Registry {
             last_active: AtomicU64::new(now_ms),
             history: Mutex::new(History::default()),
             creator: AtomicU32::new(UNTRACKED),
+            subscribers: AtomicU64::new(0),
             retired: AtomicBool::new(false),
         });
         map.insert(name, channel.clone());
@@ -315,6 +341,20 @@ impl Registry {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Every channel's figures (one pass under the read lock; the status
+    /// page asks at most once a second, and only while someone looks).
+    pub fn figures(&self) -> Vec<ChannelFigures> {
+        let map = self.by_name.read().unwrap_or_else(|e| e.into_inner());
+        map.values()
+            .map(|c| ChannelFigures {
+                id: c.id,
+                name: c.name.clone(),
+                last_seq: c.last_seq(),
+                subscribers: c.subscribers(),
+            })
+            .collect()
     }
 
     /// (name, last seq) of up to `limit` channels, busiest first.

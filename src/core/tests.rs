@@ -64,7 +64,7 @@ struct Sim {
     next_fd: RawFd,
     /// Complete every send at once, whole (a fast reader).
     auto_complete: bool,
-    metrics_requests: Vec<ConnKey>,
+    admin_requests: Vec<(ConnKey, AdminPage, bool)>,
 }
 
 impl Sim {
@@ -98,7 +98,7 @@ impl Sim {
             by_fd: HashMap::new(),
             next_fd: 100,
             auto_complete: true,
-            metrics_requests: Vec::new(),
+            admin_requests: Vec::new(),
         }
     }
 
@@ -138,7 +138,9 @@ impl Sim {
                     self.core.on_released(key);
                 }
                 Action::ForceShutdown { .. } => {}
-                Action::RenderMetrics { key } => self.metrics_requests.push(key),
+                Action::AdminPage { key, page, head } => {
+                    self.admin_requests.push((key, page, head))
+                }
             }
         }
     }
@@ -634,11 +636,11 @@ fn a_request_followed_at_once_by_a_half_close_is_answered() {
 }
 
 #[test]
-fn metrics_are_rendered_off_the_core_and_answered_when_they_come() {
+fn admin_pages_are_rendered_off_the_core_and_answered_when_they_come() {
     let mut sim = Sim::new(config());
     let key = sim.accept();
     sim.recv(key, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
-    assert_eq!(sim.metrics_requests, vec![key]);
+    assert_eq!(sim.admin_requests, vec![(key, AdminPage::Metrics, false)]);
     assert!(sim.peer(key).written.is_empty(), "nothing rendered here");
     let response = crate::protocol::handshake::http_response(200, "text/plain", b"m 1\n", &[]);
     sim.core.on_response(key, response);
@@ -652,6 +654,35 @@ fn metrics_are_rendered_off_the_core_and_answered_when_they_come() {
     sim.core.on_response(gone, b"late".to_vec());
     sim.run();
     assert!(sim.peer(gone).written.is_empty());
+    // The status page and what it reads go the same way; HEAD is passed on.
+    for (request, page, head) in [
+        ("GET / HTTP/1.1", AdminPage::Status, false),
+        ("HEAD /status.json HTTP/1.1", AdminPage::StatusJson, true),
+    ] {
+        sim.admin_requests.clear();
+        let key = sim.accept();
+        sim.recv(key, format!("{request}\r\nHost: x\r\n\r\n").as_bytes());
+        assert_eq!(sim.admin_requests, vec![(key, page, head)], "{request}");
+    }
+}
+
+#[test]
+fn with_a_metrics_listener_the_admin_pages_are_not_on_the_shared_one() {
+    let mut sim = Sim::new(CoreConfig {
+        serve_admin: false,
+        ..config()
+    });
+    for path in ["/", "/status.json", "/metrics"] {
+        let key = sim.accept();
+        sim.recv(
+            key,
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+        );
+        assert!(sim.admin_requests.is_empty(), "{path}");
+        let text = sim.rest_text(key);
+        assert!(text.starts_with("HTTP/1.1 404"), "{path}: {text}");
+        assert!(text.contains("--metrics-listen"), "{path}: {text}");
+    }
 }
 
 #[test]
@@ -714,16 +745,19 @@ fn the_last_subscriber_leaving_takes_the_channel_off_this_shard() {
     let c = sim.shared.registry.get("c").unwrap();
     assert!(c.is_interested(0));
     assert_eq!(sim.core.channels.subscriptions(), 3);
+    assert_eq!(c.subscribers(), 2, "the status page's count");
     sim.recv(
         a,
         &client_text(r#"{"type":"unsubscribe","channels":["c"]}"#),
     );
     assert!(c.is_interested(0), "b is still on it");
+    assert_eq!(c.subscribers(), 1);
     sim.core.on_read_closed(b);
     sim.run();
     assert!(!c.is_interested(0), "the feed stops sending it here");
     assert!(sim.core.channels.local(c.id).is_none());
     assert_eq!(sim.core.channels.subscriptions(), 0);
+    assert_eq!(c.subscribers(), 0);
     // Subscribing again starts from the channel's seq at that moment.
     sim.publish("c", "1");
     sim.recv(a, &client_text(r#"{"type":"subscribe","channels":["c"]}"#));

@@ -302,7 +302,9 @@ impl EpollShard {
                     self.common.core.on_released(key);
                 }
                 Action::ForceShutdown { fd } => super::shutdown(fd, Shutdown::Both),
-                Action::RenderMetrics { key } => self.common.request_metrics(key),
+                Action::AdminPage { key, page, head } => {
+                    self.common.request_admin_page(key, page, head)
+                }
             }
         }
     }

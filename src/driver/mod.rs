@@ -22,7 +22,7 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 use crate::core::shared::Shared;
-use crate::core::{ConnKey, CoreConfig, Delivery, ShardCore};
+use crate::core::{AdminPage, ConnKey, CoreConfig, Delivery, ShardCore};
 
 /// Which I/O driver the shards run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +63,7 @@ pub enum ShardMsg {
     Drain,
     /// Close every connection and stop.
     Shutdown,
-    /// A rendered `/metrics` response for a connection that asked.
+    /// A rendered operator page for a connection that asked.
     Response { key: ConnKey, response: Vec<u8> },
 }
 
@@ -112,16 +112,20 @@ impl Waker {
     }
 }
 
-/// Where `/metrics` requests go: rendered by the control plane, never on a
-/// shard's loop, and answered through the shard's inbox.
+/// Where requests for the operator's pages (`/metrics`, the status page)
+/// go: rendered by the admin side, never on a shard's loop, and answered
+/// through the shard's inbox.
 #[derive(Clone)]
-pub struct MetricsDesk {
-    pub requests: std::sync::mpsc::Sender<MetricsRequest>,
+pub struct AdminDesk {
+    pub requests: std::sync::mpsc::Sender<AdminRequest>,
 }
 
-/// One request for the `/metrics` page.
-pub struct MetricsRequest {
+/// One request for an operator's page.
+pub struct AdminRequest {
     pub key: ConnKey,
+    pub page: AdminPage,
+    /// A HEAD request: the headers only.
+    pub head: bool,
     pub reply: ShardReply,
 }
 
@@ -171,7 +175,7 @@ pub struct ShardSetup {
     pub shared: Arc<Shared>,
     /// The server clock's origin (the core counts ms since it).
     pub started: Instant,
-    pub metrics: Option<MetricsDesk>,
+    pub admin: Option<AdminDesk>,
 }
 
 /// Starts a shard. Returns once its driver is set up and accepting, or with
@@ -200,7 +204,7 @@ pub fn spawn(setup: ShardSetup) -> std::io::Result<ShardHandle> {
                 },
                 reply: thread_reply,
                 started: setup.started,
-                metrics: setup.metrics,
+                admin: setup.admin,
                 config: setup.driver.clone(),
                 woken: false,
             };
@@ -250,7 +254,7 @@ struct Common {
     inbox: Inboxes,
     reply: ShardReply,
     started: Instant,
-    metrics: Option<MetricsDesk>,
+    admin: Option<AdminDesk>,
     config: Arc<DriverConfig>,
     /// Woken, or inbox work left over: look at the inbox without waiting.
     woken: bool,
@@ -280,30 +284,32 @@ impl Common {
         self.woken = true;
     }
 
-    /// Hands a `/metrics` request to the control plane, after publishing
-    /// this shard's figures so the page is current for the shard that asks.
-    fn request_metrics(&mut self, key: ConnKey) {
+    /// Hands a page request to the admin side, after publishing this
+    /// shard's figures so the page is current for the shard that asks.
+    fn request_admin_page(&mut self, key: ConnKey, page: AdminPage, head: bool) {
         self.core.publish_stats();
-        match &self.metrics {
+        match &self.admin {
             Some(desk) => {
-                let request = MetricsRequest {
+                let request = AdminRequest {
                     key,
+                    page,
+                    head,
                     reply: self.reply.clone(),
                 };
                 if desk.requests.send(request).is_err() {
-                    self.core.on_response(key, metrics_unavailable());
+                    self.core.on_response(key, admin_unavailable());
                 }
             }
-            None => self.core.on_response(key, metrics_unavailable()),
+            None => self.core.on_response(key, admin_unavailable()),
         }
     }
 }
 
-fn metrics_unavailable() -> Vec<u8> {
+fn admin_unavailable() -> Vec<u8> {
     crate::protocol::handshake::http_response(
         503,
         "text/plain",
-        b"metrics are not available on this server\n",
+        b"the operator pages are not available on this server\n",
         &[],
     )
 }

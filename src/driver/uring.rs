@@ -305,7 +305,9 @@ impl UringShard {
                     self.try_finish(key);
                 }
                 Action::ForceShutdown { fd } => super::shutdown(fd, Shutdown::Both),
-                Action::RenderMetrics { key } => self.common.request_metrics(key),
+                Action::AdminPage { key, page, head } => {
+                    self.common.request_admin_page(key, page, head)
+                }
             }
         }
     }

@@ -370,6 +370,14 @@ fn reason_phrase(status: u16) -> &'static str {
     }
 }
 
+/// Strips the body from a response (for HEAD requests).
+pub fn head_only(mut response: Vec<u8>) -> Vec<u8> {
+    if let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") {
+        response.truncate(end + 4);
+    }
+    response
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -316,6 +316,7 @@ impl Drop for Server {
     }
 }
 
+pub mod proxy;
 pub mod seccomp;
 pub use seccomp::IoUringCall;
 
@@ -617,4 +618,26 @@ pub fn parse_server_frame(buf: &[u8]) -> Option<(Frame, usize)> {
         },
         at + len,
     ))
+}
+
+/// The packages of tests/js/package.json, installed on first use (as the
+/// Autobahn test builds its virtualenv): once per test process, all at once
+/// (installing one alone would prune the others).
+pub fn ensure_js_packages() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/js");
+        let modules = std::path::Path::new(dir).join("node_modules");
+        if ["eventsource", "puppeteer-core", "ws"]
+            .iter()
+            .all(|p| modules.join(p).exists())
+        {
+            return;
+        }
+        let status = Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--prefix", dir])
+            .status()
+            .expect("npm is needed to install the test drivers in tests/js (Node.js 20+ with npm)");
+        assert!(status.success(), "npm install --prefix tests/js failed");
+    });
 }
