@@ -10,6 +10,7 @@
 #   benches/compare.sh                 # everything (~35 minutes on 2 cores)
 #   SERVERS="ringcast ringcast-epoll" SCENARIOS="low s3" benches/compare.sh
 #   SERVERS=ringcast SCENARIOS="json deflate sse" benches/compare.sh  # compression, SSE
+#   SERVERS=ringcast SCENARIOS="json status" benches/compare.sh  # status page open
 #
 # Environment: SERVER_CPU (0), BENCH_CPU (1), CONNS (10000), STEP (10s),
 # S1_RATES, S1_P99 (1s; see the README on why not 50ms at 10,000 clients).
@@ -105,13 +106,23 @@ for scenario in $SCENARIOS; do
       # Compression, side by side on ringcast: 1 KiB JSON-like messages to
       # clients that do not offer permessage-deflate (json), then to clients
       # that all do (deflate: each message compressed once for all of them).
-      json | deflate | sse)
+      # status: json again, with the status page open in five tabs (five
+      # pollers of /status.json, once a second each, as the page does).
+      json | deflate | sse | status)
         case $name in ringcast*) ;; *) continue ;; esac
         flags=()
         [ "$scenario" = deflate ] && flags=(--compression)
         [ "$scenario" = sse ] && flags=(--transport sse)
+        pollers=()
+        if [ "$scenario" = status ]; then
+          for _ in 1 2 3 4 5; do
+            (while sleep 1; do curl -s -o /dev/null "http://127.0.0.1:$PORT/status.json" || true; done) &
+            pollers+=($!)
+          done
+        fi
         bench "$name" "$scenario" --connections "$CONNS" --size 1024 --rate "$JSON_RATE" \
-          --duration 20s --max-p99 "$S1_P99" "${flags[@]}" ;;
+          --duration 20s --max-p99 "$S1_P99" "${flags[@]}"
+        [ ${#pollers[@]} -eq 0 ] || kill "${pollers[@]}" 2>/dev/null || true ;;
     esac
   done
 done

@@ -81,10 +81,11 @@ s4 = [step(s, "s4", "max") for s in servers]
 row("S4 (100 x 60 KB): MB/s sustained", [(get(x, "deliveries_per_sec") or 0) * 60000 / 1e6 if x else None for x in s4], ratio_to="tokio", lower_is_better=False)
 
 # Compression and SSE: each ringcast server against itself, on plain
-# WebSocket clients (json) vs compressed ones (deflate) vs event streams (sse).
+# WebSocket clients (json) vs compressed ones (deflate) vs event streams (sse),
+# and the same plain load with the status page open in five tabs (status).
 for s in servers:
     plain = step(s, "json")
-    for other in ["deflate", "sse"]:
+    for other in ["deflate", "sse", "status"]:
         alt = step(s, other)
         if not plain or not alt:
             continue

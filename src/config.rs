@@ -307,11 +307,12 @@ settings! {
         _ => Err("expected 'text' or 'json'".into()),
     };
 
-    /// Where `/metrics` is served; `None`: on `listen`, with everything else.
+    /// Where the status page and `/metrics` are served; `None`: on `listen`,
+    /// with everything else.
     /// An address of its own (loopback, a private network) keeps the page,
     /// which names channels and counts clients, off the public listener.
     metrics_listen: Option<SocketAddr> = None;
-    "metrics-listen", "ADDR", "off (on --listen)", "Serve /metrics on this address only (e.g. a private one) instead of on --listen",
+    "metrics-listen", "ADDR", "off (on --listen)", "Serve the status page, /status.json and /metrics on this address only (e.g. a private one) instead of on --listen",
     |v| parse_off(v).map(parse_addr).transpose();
 
     /// The shards' I/O driver: io_uring where it works end to end, epoll

@@ -76,7 +76,7 @@ pub struct Running {
     pub open_files: u64,
     pub max_connections: usize,
     pub io: Io,
-    /// Where `/metrics` is served, when not on `listen`.
+    /// Where the status page and `/metrics` are served, when not on `listen`.
     pub metrics_listen: Option<SocketAddr>,
 }
 

@@ -332,6 +332,7 @@ fn ringcast_js_in_a_browser_reports_a_gap_survives_a_restart_and_resumes() {
     assert_eq!(next_messages(&mut browser, 2), [1, 2]);
     let data = &browser.reported("message").last().unwrap()["data"];
     assert_eq!(data["n"], 2);
+    browser.screenshot("ringcast-js.png");
     // Refused connections are logged by the browser; nothing may throw.
     let thrown: Vec<_> = browser
         .complaints()
@@ -391,6 +392,7 @@ fn a_plain_event_source_in_a_browser_resumes_through_last_event_id() {
         last_id, third,
         "it resumed from the last event it had (seq 3)"
     );
+    browser.screenshot("eventsource.png");
     // No notice of a loss: nothing was lost.
     assert!(
         !browser

@@ -347,6 +347,13 @@ impl AdminSource {
             "gauge",
         );
         let _ = writeln!(out, "{name}{{driver=\"{}\"}} 1", self.io.label());
+        metrics::write_single(
+            &mut out,
+            "ringcast_max_connections",
+            "Connections the server accepts at most (--max-connections, or what the open-files limit allows).",
+            "gauge",
+            self.max_connections,
+        );
         let snapshots: Vec<_> = self
             .shared
             .shard_stats
