@@ -315,6 +315,23 @@ settings! {
     "metrics-listen", "ADDR", "off (on --listen)", "Serve the status page, /status.json and /metrics on this address only (e.g. a private one) instead of on --listen",
     |v| parse_off(v).map(parse_addr).transpose();
 
+    /// The fleet's Redis: with it, this node is one of a fleet (every node
+    /// delivers the same seqs, clients resume on any); without, it stands
+    /// alone.
+    redis: Option<String> = None;
+    "redis", "URL", "off (a single node)", "Join a fleet over this Redis (redis://host:port/db): the same seqs on every node, resume on any",
+    |v| parse_off(v).map(parse_redis_url).transpose();
+
+    /// Prefix of the fleet's keys and pub/sub channels in Redis: fleets
+    /// that share a Redis need one each.
+    redis_prefix: String = "ringcast".to_owned();
+    "redis-prefix", "PREFIX", "ringcast", "Prefix of the fleet's keys and channels in Redis (one per fleet sharing a Redis)",
+    |v| if !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
+        Ok(v.to_owned())
+    } else {
+        Err("expected 1-64 characters of A-Z a-z 0-9 . _ -".into())
+    };
+
     /// The shards' I/O driver: io_uring where it works end to end, epoll
     /// elsewhere (`auto`), or one of them by name.
     io: IoChoice = IoChoice::Auto;
@@ -507,6 +524,14 @@ fn parse_bool(value: &str) -> Result<bool, String> {
         "false" | "off" | "no" | "0" => Ok(false),
         _ => Err("expected true or false".into()),
     }
+}
+
+/// A Redis URL the client library accepts (checked now, so a typo is an
+/// error at start rather than a fleet that never connects).
+fn parse_redis_url(v: &str) -> Result<String, String> {
+    redis::Client::open(v)
+        .map(|_| v.to_owned())
+        .map_err(|e| format!("not a Redis URL ({e}); expected redis://host:port/db"))
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ pub mod core;
 pub mod doctor;
 pub mod driver;
 pub mod feed;
+pub mod fleet;
 pub mod limits;
 pub mod metrics;
 pub mod notify;

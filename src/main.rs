@@ -130,10 +130,15 @@ fn bench(args: BenchArgs) -> ExitCode {
 }
 
 fn publish(args: PublishArgs) -> ExitCode {
-    let target = match (args.udp, args.unix) {
-        (Some(addr), _) => Target::Udp(addr),
-        (None, Some(path)) => Target::Unix(path),
-        (None, None) => Target::Unix("./ringcast.sock".into()),
+    let target = match (args.redis, args.udp, args.unix) {
+        (Some(url), _, _) => Target::Redis {
+            url,
+            prefix: args.redis_prefix,
+            history: args.history,
+        },
+        (None, Some(addr), _) => Target::Udp(addr),
+        (None, None, Some(path)) => Target::Unix(path),
+        (None, None, None) => Target::Unix("./ringcast.sock".into()),
     };
     let options = PublishOptions {
         channel: args.channel,

@@ -23,7 +23,17 @@ const MAX_DATAGRAM: usize = 65_507;
 pub enum Target {
     Unix(PathBuf),
     Udp(SocketAddr),
+    /// Straight into a fleet's Redis, as a fleet node publishes (no node
+    /// needed): the fleet's seqs, its log, its live fan-out.
+    Redis {
+        url: String,
+        prefix: String,
+        history: usize,
+    },
 }
+
+/// How long `publish --redis` tries to reach Redis before it gives up.
+const REDIS_DEADLINE: Duration = Duration::from_secs(6);
 
 #[derive(Debug, Clone)]
 pub struct PublishOptions {
@@ -118,11 +128,120 @@ pub fn run(options: &PublishOptions, data: Option<&str>) -> Result<u64, PublishE
 enum Sink {
     Unix(io::BufWriter<UnixStream>, PathBuf),
     Udp(UdpSocket, SocketAddr),
+    Redis(Box<RedisSink>),
+}
+
+/// Messages for the fleet, sent in pipelined batches.
+struct RedisSink {
+    runtime: tokio::runtime::Runtime,
+    publisher: crate::fleet::publisher::Publisher,
+    url: String,
+    node: String,
+    sent: u64,
+    epoch: String,
+    batch: Vec<crate::fleet::Outgoing>,
+}
+
+impl RedisSink {
+    fn open(url: &str, prefix: &str, history: usize) -> Result<RedisSink, PublishError> {
+        let config = crate::fleet::FleetConfig {
+            url: url.to_owned(),
+            prefix: prefix.to_owned(),
+            history,
+            log_ttl: Duration::from_secs(3600),
+            node: crate::fleet::node_name(),
+        };
+        let publisher = crate::fleet::publisher::Publisher::new(&config)
+            .map_err(|e| PublishError::usage(format!("--redis {url}: {e}")))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| PublishError::io(format!("cannot start a runtime: {e}")))?;
+        Ok(RedisSink {
+            runtime,
+            publisher,
+            url: crate::fleet::redacted(url),
+            node: config.node,
+            sent: 0,
+            epoch: String::new(),
+            batch: Vec::new(),
+        })
+    }
+
+    fn send(&mut self, line: &str) -> Result<(), PublishError> {
+        let env = crate::feed::envelope::parse(line.as_bytes()).map_err(|kind| {
+            PublishError::usage(format!("not a message the fleet takes ({})", kind.label()))
+        })?;
+        self.batch.push(crate::fleet::Outgoing {
+            channel: env.channel.into_owned(),
+            data: bytes::Bytes::copy_from_slice(env.data),
+        });
+        if self.batch.len() >= crate::fleet::publisher::BATCH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Publishes the batch: retried (not applied twice) until it is in, or
+    /// Redis stays out of reach past the deadline.
+    fn flush(&mut self) -> Result<(), PublishError> {
+        use crate::fleet::publisher::Outcome;
+        let mut pending = std::mem::take(&mut self.batch);
+        let mut ids: Vec<String> = pending
+            .iter()
+            .map(|_| {
+                self.sent += 1;
+                format!("{}:{}", self.node, self.sent)
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + REDIS_DEADLINE;
+        let mut attempt = 0;
+        while !pending.is_empty() {
+            let (publisher, epoch) = (&mut self.publisher, &self.epoch);
+            let result = self.runtime.block_on(publisher.try_batch(
+                &pending,
+                &ids,
+                epoch,
+                &crate::fleet::node_name(),
+            ));
+            match result {
+                Ok(outcomes) => {
+                    let mut again = (Vec::new(), Vec::new());
+                    for ((message, id), outcome) in pending.into_iter().zip(ids).zip(outcomes) {
+                        if let Outcome::Epoch(e) = outcome {
+                            self.epoch = e;
+                            again.0.push(message);
+                            again.1.push(id);
+                        }
+                    }
+                    (pending, ids) = again;
+                }
+                Err(e) if std::time::Instant::now() >= deadline => {
+                    return Err(PublishError::io(format!(
+                        "cannot publish to Redis at {}: {e} (is it running, and is the URL right?)",
+                        self.url
+                    )));
+                }
+                Err(_) => {
+                    std::thread::sleep(crate::fleet::backoff(attempt));
+                    attempt += 1;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Sink {
     fn open(target: &Target) -> Result<Sink, PublishError> {
         match target {
+            Target::Redis {
+                url,
+                prefix,
+                history,
+            } => Ok(Sink::Redis(Box::new(RedisSink::open(
+                url, prefix, *history,
+            )?))),
             Target::Unix(path) => {
                 let stream = UnixStream::connect(path).map_err(|e| {
                     PublishError::io(format!(
@@ -150,6 +269,7 @@ impl Sink {
 
     fn send(&mut self, line: &str) -> Result<(), PublishError> {
         match self {
+            Sink::Redis(redis) => redis.send(line),
             Sink::Unix(w, path) => w
                 .write_all(line.as_bytes())
                 .and_then(|()| w.write_all(b"\n"))
@@ -173,6 +293,7 @@ impl Sink {
     /// host reports when nothing listens there.
     fn finish(self) -> Result<(), PublishError> {
         match self {
+            Sink::Redis(mut redis) => redis.flush(),
             Sink::Unix(mut w, path) => w
                 .flush()
                 .map_err(|e| PublishError::io(format!("writing to {}: {e}", path.display()))),

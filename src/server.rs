@@ -20,6 +20,11 @@ use crate::limits::PeerLimits;
 
 /// Messages queued from the ingest tasks to the distributor.
 const INGEST_QUEUE: usize = 4096;
+/// In a fleet: what the link heard, waiting for the distributor.
+const FLEET_EVENTS: usize = 4096;
+/// In a fleet: messages fed here, waiting for the publisher (which sends
+/// them in batches of up to `fleet::publisher::BATCH`).
+const FLEET_OUTGOING: usize = 8192;
 /// Channel messages queued to each shard.
 const SHARD_INBOX: usize = 16384;
 
@@ -78,6 +83,17 @@ pub struct Running {
     pub io: Io,
     /// Where the status page and `/metrics` are served, when not on `listen`.
     pub metrics_listen: Option<SocketAddr>,
+    /// In a fleet: what its tasks need once the runtime runs.
+    pub fleet: Option<FleetParts>,
+}
+
+/// A fleet node's pieces, made at start (the registry must know before any
+/// channel exists) and run on the control runtime.
+pub struct FleetParts {
+    pub config: crate::fleet::FleetConfig,
+    pub stats: Arc<crate::fleet::FleetStats>,
+    pub health: Arc<crate::fleet::Health>,
+    pub interest: tokio::sync::mpsc::UnboundedReceiver<Arc<crate::core::registry::Channel>>,
 }
 
 /// The bound feed sockets.
@@ -177,7 +193,30 @@ pub fn start(config: &ServeConfig) -> Result<Running, StartError> {
     ));
     let feed = Arc::new(FeedStats::default());
     let udp_inode = Arc::new(AtomicU64::new(0));
+    let fleet = config.redis.as_ref().map(|url| {
+        // Channels are told about from the shards' threads; the link reads
+        // them on the control runtime.
+        let (tx, interest) = tokio::sync::mpsc::unbounded_channel();
+        shared.registry.join_fleet(Box::new(move |channel| {
+            let _ = tx.send(channel.clone());
+        }));
+        FleetParts {
+            config: crate::fleet::FleetConfig {
+                url: url.clone(),
+                prefix: config.redis_prefix.clone(),
+                history: config.history,
+                log_ttl: config.channel_ttl,
+                node: crate::fleet::node_name(),
+            },
+            stats: Arc::new(crate::fleet::FleetStats::default()),
+            health: Arc::new(crate::fleet::Health::new(shared.clone(), url)),
+            interest,
+        }
+    });
     let source = Arc::new(crate::admin::AdminSource {
+        fleet: fleet
+            .as_ref()
+            .map(|f| (f.stats.clone(), crate::fleet::redacted(&f.config.url))),
         shared: shared.clone(),
         feed: feed.clone(),
         udp_inode: udp_inode.clone(),
@@ -228,6 +267,7 @@ pub fn start(config: &ServeConfig) -> Result<Running, StartError> {
         max_connections,
         io,
         metrics_listen,
+        fleet,
     })
 }
 
@@ -353,7 +393,8 @@ fn new_socket(addr: SocketAddr, reuse_port: bool) -> std::io::Result<Socket> {
 
 /// Runs the server until SIGINT/SIGTERM.
 pub fn serve(config: ServeConfig) -> Result<(), StartError> {
-    let running = start(&config)?;
+    let mut running = start(&config)?;
+    let fleet = running.fleet.take();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -382,7 +423,13 @@ pub fn serve(config: ServeConfig) -> Result<(), StartError> {
             None
         };
         if let Some((_, socket)) = feeds.udp {
-            tokio::spawn(ingest::run_udp(socket, tx.clone(), max, stats.clone()));
+            tokio::spawn(ingest::run_udp(
+                socket,
+                tx.clone(),
+                max,
+                stats.clone(),
+                running.shared.clone(),
+            ));
         }
         drop(tx);
         let history = HistoryConfig {
@@ -408,7 +455,37 @@ pub fn serve(config: ServeConfig) -> Result<(), StartError> {
                 .compression
                 .then(|| crate::feed::Compression::new(config.compression_min_size)),
         );
-        tokio::spawn(distributor.run(rx));
+        match fleet {
+            None => {
+                tokio::spawn(distributor.run(rx));
+            }
+            Some(fleet) => {
+                let (events_tx, events) = mpsc::channel(FLEET_EVENTS);
+                let (outgoing, to_publish) = mpsc::channel(FLEET_OUTGOING);
+                let epoch = Arc::new(tokio::sync::watch::Sender::new(String::new()));
+                let link = crate::fleet::link::Link::new(
+                    &fleet.config,
+                    running.shared.clone(),
+                    running.started,
+                    fleet.stats.clone(),
+                    fleet.health.clone(),
+                    events_tx,
+                    fleet.interest,
+                    epoch.clone(),
+                )
+                .map_err(|e| StartError(format!("--redis: {e}")))?;
+                tokio::spawn(link.run());
+                tokio::spawn(crate::fleet::publisher::run(
+                    fleet.config.clone(),
+                    to_publish,
+                    epoch,
+                    fleet.stats.clone(),
+                    fleet.health.clone(),
+                ));
+                tokio::spawn(crate::feed::forward_to_fleet(rx, outgoing, stats.clone()));
+                tokio::spawn(distributor.run_fleet(events));
+            }
+        }
         crate::notify::notify("READY=1");
         if let Some(period) = crate::notify::watchdog_interval() {
             tokio::spawn(feed_watchdog(

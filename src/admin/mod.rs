@@ -53,6 +53,8 @@ pub struct AdminSource {
     /// channel count: recomputed at most once per [`BUSIEST_REFRESH`].
     pub busiest: Mutex<Option<(Instant, String)>>,
     pub status: Mutex<StatusState>,
+    /// In a fleet: its figures, and the Redis it uses (password left out).
+    pub fleet: Option<(Arc<crate::fleet::FleetStats>, String)>,
 }
 
 /// The status page's samples, and its last rendering.
@@ -277,9 +279,27 @@ impl AdminSource {
             version: env!("CARGO_PKG_VERSION"),
             driver: self.io.label(),
             uptime_seconds: self.started.elapsed().as_secs(),
-            epoch: self.shared.epoch.clone(),
-            fleet: Fleet {
-                mode: "single-node",
+            epoch: self.shared.epoch().to_string(),
+            fleet: match &self.fleet {
+                None => Fleet {
+                    mode: "single-node",
+                    redis: None,
+                    link: None,
+                    problem: None,
+                    rtt_ms: None,
+                    channels_subscribed: None,
+                },
+                Some((fleet, url)) => {
+                    let up = self.shared.upstream.is_up();
+                    Fleet {
+                        mode: "redis",
+                        redis: Some(url.clone()),
+                        link: Some(if up { "up" } else { "down" }),
+                        problem: (!up).then(|| self.shared.upstream.problem()),
+                        rtt_ms: Some(round1(fleet.rtt_us.load(Relaxed) as f64 / 1000.0)),
+                        channels_subscribed: Some(fleet.channels_subscribed.load(Relaxed)),
+                    }
+                }
             },
             connections: Connections {
                 open: sum(Gauge::ConnectionsOpen),
@@ -362,7 +382,107 @@ impl AdminSource {
             .collect();
         metrics::render_shards(&mut out, &snapshots);
         self.render_feed(&mut out);
+        if let Some((fleet, _)) = &self.fleet {
+            self.render_fleet(&mut out, fleet);
+        }
         out
+    }
+
+    /// The fleet's figures (only on a fleet node: a single node has no
+    /// link to report down).
+    fn render_fleet(&self, out: &mut String, fleet: &crate::fleet::FleetStats) {
+        let up = u64::from(self.shared.upstream.is_up());
+        let single = [
+            (
+                "ringcast_fleet_link_up",
+                "1 while Redis answers and this node's pub/sub connection delivers (its probe comes back); 0 otherwise.",
+                "gauge",
+                up,
+            ),
+            (
+                "ringcast_fleet_publishes_total",
+                "Messages fed to this node and published into the fleet.",
+                "counter",
+                fleet.publishes.load(Relaxed),
+            ),
+            (
+                "ringcast_fleet_publish_duplicates_total",
+                "Publishes a retry found already applied (not applied twice).",
+                "counter",
+                fleet.duplicates.load(Relaxed),
+            ),
+            (
+                "ringcast_fleet_publish_retries_total",
+                "Publish batches sent again after a failure (timeout, lost connection).",
+                "counter",
+                fleet.publish_retries.load(Relaxed),
+            ),
+            (
+                "ringcast_fleet_catchup_reads_total",
+                "Reads from channels' logs in Redis: holes filled, catch-up after a reconnect.",
+                "counter",
+                fleet.catchup_reads.load(Relaxed),
+            ),
+            (
+                "ringcast_fleet_catchup_messages_total",
+                "Messages those reads brought back.",
+                "counter",
+                fleet.catchup_messages.load(Relaxed),
+            ),
+            (
+                "ringcast_fleet_syncs_total",
+                "Channels synced from Redis (seq and log) for their first subscriber on this node.",
+                "counter",
+                fleet.syncs.load(Relaxed),
+            ),
+            (
+                "ringcast_fleet_rebuilds_total",
+                "Pub/sub connections rebuilt because the liveness probe stopped coming back.",
+                "counter",
+                fleet.rebuilds.load(Relaxed),
+            ),
+            (
+                "ringcast_fleet_channels_subscribed",
+                "Channels this node listens to in Redis (those it has subscribers for).",
+                "gauge",
+                fleet.channels_subscribed.load(Relaxed),
+            ),
+            (
+                "ringcast_fleet_epoch_changes_total",
+                "Times the fleet's epoch changed under this node (its Redis lost its data).",
+                "counter",
+                fleet.epoch_changes.load(Relaxed),
+            ),
+            (
+                "ringcast_fleet_malformed_total",
+                "Live messages from Redis that were not ringcast's.",
+                "counter",
+                fleet.malformed.load(Relaxed),
+            ),
+        ];
+        for (name, help, kind, value) in single {
+            metrics::write_single(out, name, help, kind, value);
+        }
+        let name = "ringcast_fleet_redis_rtt_seconds";
+        metrics::write_header(
+            out,
+            name,
+            "Round trip of the last probe (or publish batch) to Redis.",
+            "gauge",
+        );
+        let _ = writeln!(out, "{name} {:.6}", fleet.rtt_us.load(Relaxed) as f64 / 1e6);
+        let name = "ringcast_fleet_refused_total";
+        metrics::write_header(
+            out,
+            name,
+            "Messages fed to this node and refused because Redis could not be reached, by feed (Unix publishers wait instead).",
+            "counter",
+        );
+        let _ = writeln!(
+            out,
+            "{name}{{feed=\"udp\"}} {}",
+            self.feed.fleet_refused_udp.load(Relaxed)
+        );
     }
 
     fn render_feed(&self, out: &mut String) {

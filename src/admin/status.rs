@@ -197,8 +197,23 @@ pub struct Status {
 /// Whether this node is part of a fleet, and how its link is.
 #[derive(Debug, Serialize)]
 pub struct Fleet {
-    /// `single-node`: no fleet is configured.
+    /// `single-node`, or `redis`: one of a fleet over Redis.
     pub mode: &'static str,
+    /// The Redis (without its password).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis: Option<String>,
+    /// `up` or `down`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link: Option<&'static str>,
+    /// Why it is down.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+    /// Last round trip to Redis.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rtt_ms: Option<f64>,
+    /// Channels listened to in Redis.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channels_subscribed: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]

@@ -146,8 +146,24 @@ pub struct PublishArgs {
     #[arg(long, value_name = "PATH", conflicts_with = "udp")]
     pub unix: Option<PathBuf>,
     /// Publish over UDP to this address instead (one datagram per message).
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", conflicts_with = "redis")]
     pub udp: Option<std::net::SocketAddr>,
+    /// Publish straight into a fleet's Redis (redis://host:port/db), as its
+    /// nodes do; no node needed. Exits 1 if Redis cannot be reached within
+    /// 10 seconds.
+    #[arg(long, value_name = "URL", conflicts_with = "unix")]
+    pub redis: Option<String>,
+    /// The fleet's key prefix (its nodes' --redis-prefix).
+    #[arg(
+        long,
+        value_name = "PREFIX",
+        default_value = "ringcast",
+        requires = "redis"
+    )]
+    pub redis_prefix: String,
+    /// Messages the channel's log in Redis keeps (the nodes' --history).
+    #[arg(long, value_name = "N", default_value_t = 1000, requires = "redis")]
+    pub history: usize,
     /// Always send the data as a JSON string, even when it parses as JSON.
     #[arg(long)]
     pub text: bool,

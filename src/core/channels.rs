@@ -81,6 +81,11 @@ impl Channels {
         self.slots.remove(local).map(|ch| ch.channel)
     }
 
+    /// Every local channel slot.
+    pub fn locals(&self) -> Vec<u32> {
+        self.by_id.values().copied().collect()
+    }
+
     pub fn subscribed(&mut self) {
         self.subscriptions += 1;
     }

@@ -128,7 +128,7 @@ impl ShardCore {
         }
         match ack {
             Ack::Welcome { mut handshake } => {
-                let welcome = control::welcome(&self.shared.epoch, &currents);
+                let welcome = control::welcome(&self.epoch, &currents);
                 handshake.extend_from_slice(&self.notice_frame(slot, &welcome));
                 self.enqueue(slot, Rc::new(Bytes::from(handshake)));
             }
@@ -302,6 +302,8 @@ impl ShardCore {
     /// subscriber, a reference-count increment (not atomic), a queue push
     /// and a counter; sends start at the end of the loop iteration.
     pub fn deliver(&mut self, delivery: Delivery) {
+        // A delivery of a new epoch must not meet the old one's seqs.
+        self.on_upstream_change();
         let Some(local) = self.channels.local(delivery.channel) else {
             return;
         };
@@ -311,9 +313,17 @@ impl ShardCore {
         if delivery.seq <= ch.delivered_seq {
             return;
         }
+        if delivery.seq > ch.delivered_seq + 1 {
+            // A hole the fleet could not fill: said, never silent.
+            let (from, to) = (ch.delivered_seq + 1, delivery.seq - 1);
+            self.tell_live_subscribers_of_gap(local, from, to);
+        }
+        let Some(ch) = self.channels.get_mut(local) else {
+            return;
+        };
         ch.delivered_seq = delivery.seq;
         let forms = Forms::new(delivery.message, self.conns.sse_streams() > 0);
-        let epoch = &self.shared.epoch;
+        let epoch = &self.epoch;
         let high_water = self.config.high_water;
         let mut peak = self.stats.gauge(Gauge::QueuedBytesPeak);
         let mut added = 0;
@@ -363,8 +373,7 @@ impl ShardCore {
                 set_cursor(conn, local, seq + 1);
                 self.stats.add(Counter::FramesDelivered, 1);
                 if let Some((_, added)) =
-                    self.conns
-                        .push_frame(slot, forms, local, seq, &self.shared.epoch)
+                    self.conns.push_frame(slot, forms, local, seq, &self.epoch)
                 {
                     self.note_queued(slot, added);
                 }
@@ -375,8 +384,23 @@ impl ShardCore {
         }
     }
 
+    /// A gap notice to every live subscriber of `local` (event streams:
+    /// their position moves past it).
+    fn tell_live_subscribers_of_gap(&mut self, local: u32, from: u64, to: u64) {
+        let Some(ch) = self.channels.get(local) else {
+            return;
+        };
+        let notice = control::gap(&ch.channel.name, from, to);
+        for slot in ch.subscribers.clone() {
+            if let Some(stream) = self.sse_state(slot) {
+                stream.set(local, to);
+            }
+            self.enqueue_text(slot, &notice);
+        }
+    }
+
     /// Moves `slot` from the channel's pending list to its live subscribers.
-    fn join_live(&mut self, slot: u32, local: u32) {
+    pub(super) fn join_live(&mut self, slot: u32, local: u32) {
         let (Some(ch), Some(conn)) = (self.channels.get_mut(local), self.conns.get_mut(slot))
         else {
             return;
@@ -401,7 +425,7 @@ impl ShardCore {
         let mut caught_up = Vec::new();
         let mut batch = Vec::new();
         let deflate = self.conns.get(slot).is_some_and(|c| c.takes_deflated());
-        let shared = self.shared.clone();
+        let epoch = self.epoch.clone();
         for cursor in cursors.iter_mut() {
             let Some(ch) = self.channels.get(cursor.channel) else {
                 continue;
@@ -425,7 +449,7 @@ impl ShardCore {
                             let frame = match self.sse_state(slot) {
                                 Some(stream) => {
                                     stream.set(cursor.channel, seq);
-                                    let id = stream.id_line(&shared.epoch);
+                                    let id = stream.id_line(&epoch);
                                     self.push_replayed(slot, Rc::new(id));
                                     message.sse_form()
                                 }

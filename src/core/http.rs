@@ -10,6 +10,7 @@ use crate::protocol::query::{QueryError, WsQuery, parse_ws_query};
 use budget::ClientBudget;
 use conn::HeadState;
 use fanout::{Ack, Epoch};
+use upstream::Parked;
 
 impl ShardCore {
     // ----- HTTP -----
@@ -65,6 +66,11 @@ impl ShardCore {
                                 http_response(503, "text/plain", b"draining\n", &[])
                             } else if !self.shared.is_ready() {
                                 http_response(503, "text/plain", b"starting\n", &[])
+                            } else if !self.shared.upstream.is_up() {
+                                // Answered from a flag the fleet tasks keep:
+                                // never waits on Redis.
+                                let why = format!("{}\n", self.shared.upstream.problem());
+                                http_response(503, "text/plain", why.as_bytes(), &[])
                             } else {
                                 http_response(200, "text/plain", b"ok\n", &[])
                             }
@@ -194,7 +200,10 @@ impl ShardCore {
         } else {
             self.now_ms + self.config.ping_interval.as_millis() as u64
         };
-        self.set_deadline(slot, deadline);
+        if self.waiting(slot).is_none() {
+            // (A subscriber waiting for the fleet keeps its own deadline.)
+            self.set_deadline(slot, deadline);
+        }
         if !rest.is_empty() {
             // Frames pipelined behind the request head.
             self.on_frames(slot, rest);
@@ -258,7 +267,9 @@ impl ShardCore {
             return;
         }
         let deadline = self.now_ms + self.config.ping_interval.as_millis() as u64;
-        self.set_deadline(slot, deadline);
+        if self.waiting(slot).is_none() {
+            self.set_deadline(slot, deadline);
+        }
     }
 
     /// Verifies a token given at connect time for the channels `query` asks
@@ -325,11 +336,32 @@ impl ShardCore {
         query: &WsQuery,
         prefix: Vec<u8>,
     ) -> Result<(), ()> {
+        match self.must_wait_for_fleet(slot, &query.channels) {
+            Ok(false) => {}
+            Ok(true) => {
+                let parked = Parked::Connect {
+                    query: query.clone(),
+                    prefix,
+                };
+                self.park(slot, parked);
+                return Ok(());
+            }
+            Err(why) => {
+                if let Some(conn) = self.conns.get(slot)
+                    && conn.endpoint != Endpoint::Sse
+                {
+                    self.enqueue(slot, Rc::new(Bytes::from(prefix)));
+                }
+                let last = self.last_words(slot, 1013, why.reason());
+                self.close_with(slot, Some(last), CloseReason::Error);
+                return Err(());
+            }
+        }
         let since = |name: &str| query.since.iter().find(|(c, _)| c == name).map(|(_, s)| *s);
         let ack = Ack::Welcome { handshake: prefix };
         // Positions of another run of the server mean nothing in this one.
         let epoch = match &query.epoch {
-            Some(epoch) if *epoch != self.shared.epoch => Epoch::Stale,
+            Some(epoch) if **epoch != *self.epoch => Epoch::Stale,
             _ => Epoch::Current,
         };
         if let Err(refused) = self.subscribe_and_notify(slot, &query.channels, &since, epoch, ack) {

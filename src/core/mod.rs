@@ -34,6 +34,7 @@ mod slab;
 #[cfg(test)]
 mod tests;
 mod timer;
+pub mod upstream;
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -273,6 +274,15 @@ pub struct ShardCore {
     stopping: bool,
     /// Compressors for `/echo` replies (permessage-deflate).
     echo_deflaters: crate::protocol::deflate::DeflaterCache,
+    /// The epoch clients' positions belong to (a copy of the shared one,
+    /// taken again when it changes: `epoch_seen`).
+    epoch: Arc<str>,
+    epoch_seen: u64,
+    /// In a fleet: connections waiting for their channels to be synced (by
+    /// slot, with the connection's generation), and the sync count when
+    /// they were last looked at. Kept here, not in every connection.
+    parked: std::collections::HashMap<u32, (u32, upstream::Waiting)>,
+    synced_seen: u64,
 }
 
 impl ShardCore {
@@ -282,6 +292,8 @@ impl ShardCore {
         shared: Arc<Shared>,
         now_ms: u64,
     ) -> ShardCore {
+        let (epoch, epoch_seen) = (shared.epoch(), shared.epoch_changes());
+        let synced_seen = shared.upstream.synced();
         ShardCore {
             index,
             shared,
@@ -298,6 +310,10 @@ impl ShardCore {
             now_ms,
             stats: LocalStats::default(),
             ping_frame: Rc::new(encode_server_frame(OpCode::Ping, b"")),
+            epoch,
+            epoch_seen,
+            parked: std::collections::HashMap::new(),
+            synced_seen,
             stopping: false,
             echo_deflaters: Default::default(),
             config,
@@ -602,6 +618,7 @@ impl ShardCore {
         if conn.phase == Phase::Releasing {
             return;
         }
+        self.parked.remove(&slot);
         tracing::debug!(
             shard = self.index,
             slot,
@@ -644,6 +661,9 @@ impl ShardCore {
     }
 
     fn on_timer(&mut self, slot: u32) {
+        if self.on_parked_timer(slot) {
+            return;
+        }
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
         };

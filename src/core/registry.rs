@@ -52,6 +52,13 @@ pub struct Channel {
     /// Subscriptions to it, all shards: counted when a client subscribes or
     /// leaves (never per delivery), for the status page.
     subscribers: AtomicU64,
+    /// Its seq and history are the fleet's (always, without a fleet). Until
+    /// then a subscriber waits: its welcome must carry the fleet's seq.
+    synced: AtomicBool,
+    /// When a subscriber last asked for it to be synced (registry clock).
+    wanted_at: AtomicU64,
+    /// The seq it was last synced at.
+    synced_seq: AtomicU64,
 }
 
 /// One channel's figures at one instant, for the status page.
@@ -100,6 +107,88 @@ impl Channel {
         drop(history);
         self.last_active.store(now_ms, SeqCst);
         Some((seq, frame, evicted))
+    }
+
+    /// Takes message `seq` from the fleet (whose seqs these are): appended
+    /// when it follows the last one; a later one after a hole (the fleet no
+    /// longer had what came between) starts the history over at it, so a
+    /// replay reports the hole as a gap. `None` when it is not newer, or the
+    /// channel was retired meanwhile.
+    pub fn publish_at(
+        &self,
+        seq: u64,
+        limits: HistoryLimits,
+        now_ms: u64,
+        build: impl FnOnce(u64) -> Encoded,
+    ) -> Option<(Encoded, Released)> {
+        let mut history = self.history();
+        let last = self.last_seq.load(SeqCst);
+        if self.retired.load(SeqCst) || seq <= last {
+            return None;
+        }
+        let mut released = Released::default();
+        if seq != last + 1 {
+            released += history.clear();
+        }
+        let frame = build(seq);
+        if limits.count > 0 {
+            released += history.push(seq, frame.clone(), limits.count, limits.bytes);
+        }
+        self.last_seq.store(seq, SeqCst);
+        drop(history);
+        self.last_active.store(now_ms, SeqCst);
+        Some((frame, released))
+    }
+
+    /// The fleet's state of the channel: its last seq and the messages it
+    /// retains (oldest first, contiguous, ending at `seq`). Replaces
+    /// whatever was here; returns the history released. Marks it synced.
+    pub fn sync(
+        &self,
+        seq: u64,
+        retained: impl IntoIterator<Item = (u64, Encoded)>,
+        limits: HistoryLimits,
+    ) -> Released {
+        let mut history = self.history();
+        let mut released = history.clear();
+        if limits.count > 0 {
+            for (s, frame) in retained {
+                released += history.push(s, frame, limits.count, limits.bytes);
+            }
+        }
+        self.last_seq.store(seq, SeqCst);
+        self.synced_seq.store(seq, SeqCst);
+        self.synced.store(true, SeqCst);
+        released
+    }
+
+    /// The seq it was last synced at (see `sync`).
+    pub fn synced_seq(&self) -> u64 {
+        self.synced_seq.load(SeqCst)
+    }
+
+    /// Forgets the fleet's state (its epoch changed and this channel has no
+    /// subscriber to bring over): the next subscriber syncs it anew.
+    pub fn unsync(&self) -> Released {
+        let mut history = self.history();
+        let released = history.clear();
+        self.last_seq.store(0, SeqCst);
+        self.synced.store(false, SeqCst);
+        released
+    }
+
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(SeqCst)
+    }
+
+    /// When a subscriber last waited for it to be synced (registry clock).
+    pub fn wanted_at(&self) -> u64 {
+        self.wanted_at.load(Relaxed)
+    }
+
+    /// Whether some shard has subscribers on it.
+    pub fn is_wanted_by_shards(&self) -> bool {
+        self.has_interest()
     }
 
     /// A publisher wrote to the channel: it no longer counts against the
@@ -176,8 +265,14 @@ pub struct Creator<'a> {
     pub peer: PeerSlot,
 }
 
+/// Told about a channel whose fleet subscription may need to change: it
+/// needs syncing, or its interest went from none to some or back.
+pub type Watcher = Box<dyn Fn(&Arc<Channel>) + Send + Sync>;
+
 pub struct Registry {
     by_name: RwLock<HashMap<Arc<str>, Arc<Channel>>>,
+    /// Set when the node is one of a fleet: new channels start unsynced.
+    watcher: std::sync::OnceLock<Watcher>,
     next_id: AtomicU64,
     shards: usize,
     max_channels: usize,
@@ -189,11 +284,82 @@ impl Registry {
     pub fn new(shards: usize, max_channels: usize) -> Registry {
         Registry {
             by_name: RwLock::new(HashMap::new()),
+            watcher: std::sync::OnceLock::new(),
             next_id: AtomicU64::new(1),
             shards,
             max_channels,
             client_share: max_channels - max_channels / 10,
         }
+    }
+
+    /// Makes this a fleet's registry: channels created from now on wait to
+    /// be synced, and `watcher` hears of every channel to look at. Set once,
+    /// before any channel exists.
+    pub fn join_fleet(&self, watcher: Watcher) {
+        let _ = self.watcher.set(watcher);
+    }
+
+    pub fn in_fleet(&self) -> bool {
+        self.watcher.get().is_some()
+    }
+
+    fn tell_watcher(&self, channel: &Arc<Channel>) {
+        if let Some(watch) = self.watcher.get() {
+            watch(channel);
+        }
+    }
+
+    /// For a shard, in a fleet: the channel `name` (created as `subscribe`
+    /// would, for `creator`), asked to be synced if it is not. The
+    /// subscriber waits for that before it subscribes.
+    pub fn want(
+        &self,
+        name: &str,
+        now_ms: u64,
+        creator: Creator<'_>,
+        may_create: impl FnOnce() -> bool,
+    ) -> Result<Arc<Channel>, ChannelRefused> {
+        let channel = match self.get(name) {
+            Some(c) => c,
+            None => {
+                let mut map = self.by_name.write().unwrap_or_else(|e| e.into_inner());
+                match map.get(name) {
+                    Some(c) => c.clone(),
+                    None => self.create_for(&mut map, name, now_ms, creator, may_create)?,
+                }
+            }
+        };
+        if !channel.is_synced() {
+            channel.wanted_at.store(now_ms, Relaxed);
+            channel.last_active.store(now_ms, SeqCst);
+            self.tell_watcher(&channel);
+        }
+        Ok(channel)
+    }
+
+    /// A channel created by a client, within the limits on clients.
+    fn create_for(
+        &self,
+        map: &mut HashMap<Arc<str>, Arc<Channel>>,
+        name: &str,
+        now_ms: u64,
+        creator: Creator<'_>,
+        may_create: impl FnOnce() -> bool,
+    ) -> Result<Arc<Channel>, ChannelRefused> {
+        if map.len() >= self.client_share {
+            return Err(ChannelRefused::TableFull);
+        }
+        if !creator.peers.hold_channel(creator.peer) {
+            return Err(ChannelRefused::IpHoldsTooMany);
+        }
+        // Only a channel that would be created spends the budget.
+        if !may_create() {
+            creator.peers.release_channel(creator.peer);
+            return Err(ChannelRefused::TooFast);
+        }
+        let channel = self.insert_new(map, name, now_ms)?;
+        channel.creator.store(creator.peer, SeqCst);
+        Ok(channel)
     }
 
     /// For a shard: the channel `name` with this shard's interest raised,
@@ -211,33 +377,29 @@ impl Registry {
         {
             let map = self.by_name.read().unwrap_or_else(|e| e.into_inner());
             if let Some(c) = map.get(name) {
+                let first = !c.has_interest();
                 c.set_interest(shard, true);
                 c.last_active.store(now_ms, SeqCst);
-                return Ok(c.clone());
+                let c = c.clone();
+                drop(map);
+                if first {
+                    self.tell_watcher(&c);
+                }
+                return Ok(c);
             }
         }
         let mut map = self.by_name.write().unwrap_or_else(|e| e.into_inner());
         let channel = match map.get(name) {
             Some(c) => c.clone(),
-            None => {
-                if map.len() >= self.client_share {
-                    return Err(ChannelRefused::TableFull);
-                }
-                if !creator.peers.hold_channel(creator.peer) {
-                    return Err(ChannelRefused::IpHoldsTooMany);
-                }
-                // Only a channel that would be created spends the budget.
-                if !may_create() {
-                    creator.peers.release_channel(creator.peer);
-                    return Err(ChannelRefused::TooFast);
-                }
-                let channel = self.insert_new(&mut map, name, now_ms)?;
-                channel.creator.store(creator.peer, SeqCst);
-                channel
-            }
+            None => self.create_for(&mut map, name, now_ms, creator, may_create)?,
         };
+        let first = !channel.has_interest();
         channel.set_interest(shard, true);
         channel.last_active.store(now_ms, SeqCst);
+        drop(map);
+        if first {
+            self.tell_watcher(&channel);
+        }
         Ok(channel)
     }
 
@@ -246,6 +408,10 @@ impl Registry {
     /// rather than after the TTL, so subscribing to made-up names pins
     /// nothing.
     pub fn release_if_unused(&self, channel: &Arc<Channel>, peers: &PeerLimits) {
+        if !channel.has_interest() {
+            // The fleet may stop listening to it.
+            self.tell_watcher(channel);
+        }
         if channel.has_interest() || channel.last_seq() != 0 {
             return;
         }
@@ -329,6 +495,9 @@ impl Registry {
             history: Mutex::new(History::default()),
             creator: AtomicU32::new(UNTRACKED),
             subscribers: AtomicU64::new(0),
+            synced: AtomicBool::new(!self.in_fleet()),
+            wanted_at: AtomicU64::new(0),
+            synced_seq: AtomicU64::new(0),
             retired: AtomicBool::new(false),
         });
         map.insert(name, channel.clone());
@@ -341,6 +510,12 @@ impl Registry {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Every channel (one pass under the read lock).
+    pub fn all(&self) -> Vec<Arc<Channel>> {
+        let map = self.by_name.read().unwrap_or_else(|e| e.into_inner());
+        map.values().cloned().collect()
     }
 
     /// Every channel's figures (one pass under the read lock; the status

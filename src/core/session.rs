@@ -213,6 +213,23 @@ impl ShardCore {
             );
             return self.client_error(slot, &why);
         }
+        match self.must_wait_for_fleet(slot, &channels) {
+            Ok(false) => {}
+            Ok(true) => {
+                let parked = super::upstream::Parked::Subscribe {
+                    channels,
+                    since: since.clone(),
+                };
+                return self.park(slot, parked);
+            }
+            Err(why) => {
+                let refused = super::fanout::Refused {
+                    why,
+                    channels: channels.clone(),
+                };
+                return self.client_error(slot, &refused.notice());
+            }
+        }
         let since = |name: &str| since.get(name).copied();
         if let Err(refused) =
             self.subscribe_and_notify(slot, &channels, &since, Epoch::Current, Ack::Subscribed)
@@ -308,7 +325,7 @@ impl ShardCore {
 
     /// Answers an invalid message with an error notice; too many of them
     /// and the client is closed (1008).
-    fn client_error(&mut self, slot: u32, why: &str) {
+    pub(super) fn client_error(&mut self, slot: u32, why: &str) {
         self.stats.add(Counter::ClientErrors, 1);
         let Some(conn) = self.conns.get_mut(slot) else {
             return;

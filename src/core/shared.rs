@@ -2,7 +2,8 @@
 //! channel registry, the drain flag, the connection count, the per-IP limits.
 //! In memory only: nothing here does I/O or reads a clock.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
 
 use crate::limits::PeerLimits;
 use crate::metrics::{self, SharedStats};
@@ -21,9 +22,15 @@ pub struct Shared {
     /// only mean a shard has not published yet.
     pub drain_acks: AtomicUsize,
     pub registry: Registry,
-    /// Identifies this run of the server (random, new at each start), so
-    /// clients can tell that their seqs belong to an earlier run.
-    pub epoch: String,
+    /// What the seqs clients hold belong to: this run of the server
+    /// (random, new at each start), or in a fleet the fleet's epoch (kept in
+    /// Redis), so clients can tell their positions belong to another run.
+    epoch: Mutex<Arc<str>>,
+    /// Bumped each time the epoch changes (a fleet's Redis lost its data):
+    /// shards compare it before each delivery.
+    epoch_changes: AtomicU64,
+    /// The fleet link, when this node is one of a fleet.
+    pub upstream: Upstream,
     /// Connections open on all shards (checked against --max-connections).
     pub connections: AtomicUsize,
     /// Per-client-IP limits.
@@ -58,7 +65,9 @@ impl Shared {
             draining: AtomicBool::new(false),
             drain_acks: AtomicUsize::new(0),
             registry: Registry::new(shards, max_channels),
-            epoch,
+            epoch: Mutex::new(epoch.into()),
+            epoch_changes: AtomicU64::new(0),
+            upstream: Upstream::default(),
             connections: AtomicUsize::new(0),
             peers,
             shard_heartbeat: (0..shards).map(|_| AtomicU64::new(0)).collect(),
@@ -87,5 +96,73 @@ impl Shared {
 
     pub fn is_ready(&self) -> bool {
         self.ready.load(Relaxed)
+    }
+
+    pub fn epoch(&self) -> Arc<str> {
+        self.epoch.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// A new epoch: every channel's seqs start over (the caller has reset
+    /// the channels already).
+    pub fn set_epoch(&self, epoch: &str) {
+        *self.epoch.lock().unwrap_or_else(|e| e.into_inner()) = epoch.into();
+        self.epoch_changes.fetch_add(1, SeqCst);
+    }
+
+    pub fn epoch_changes(&self) -> u64 {
+        self.epoch_changes.load(SeqCst)
+    }
+}
+
+/// The state of the link to the fleet's Redis, as the fleet tasks see it and
+/// `/healthz` reports it. Without a fleet it stays disabled and up.
+#[derive(Default)]
+pub struct Upstream {
+    enabled: AtomicBool,
+    down: AtomicBool,
+    problem: Mutex<String>,
+    /// Bumped when channels were synced from the fleet: shards then look at
+    /// the subscriptions waiting for that.
+    synced: AtomicU64,
+}
+
+impl Upstream {
+    pub fn enable(&self) {
+        self.enabled.store(true, SeqCst);
+        self.set_down("not connected yet");
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.enabled.load(Relaxed)
+    }
+
+    /// Whether the link works (always, without a fleet).
+    pub fn is_up(&self) -> bool {
+        !self.down.load(Relaxed)
+    }
+
+    pub fn set_up(&self) {
+        self.down.store(false, SeqCst);
+    }
+
+    pub fn set_down(&self, problem: &str) {
+        *self.problem.lock().unwrap_or_else(|e| e.into_inner()) = problem.to_owned();
+        self.down.store(true, SeqCst);
+    }
+
+    /// Why the link is down.
+    pub fn problem(&self) -> String {
+        self.problem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn note_synced(&self) {
+        self.synced.fetch_add(1, SeqCst);
+    }
+
+    pub fn synced(&self) -> u64 {
+        self.synced.load(SeqCst)
     }
 }

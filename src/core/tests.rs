@@ -931,3 +931,158 @@ fn a_compressed_connection_keeps_no_inflate_state_between_messages() {
     let frames = sim.frames(key);
     assert_eq!(frames.last().unwrap().json()["type"], "subscribed");
 }
+
+/// A core whose registry is a fleet's: new channels wait to be synced.
+fn fleet_sim() -> (Sim, Arc<std::sync::Mutex<Vec<String>>>) {
+    let sim = Sim::new(config());
+    let told = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = told.clone();
+    sim.shared.registry.join_fleet(Box::new(move |c| {
+        seen.lock().unwrap().push(c.name.to_string());
+    }));
+    (sim, told)
+}
+
+const FLEET_LIMITS: registry::HistoryLimits = registry::HistoryLimits {
+    count: 100,
+    bytes: 1 << 20,
+};
+
+/// What the fleet link and distributor do for `name`: its state at `seq`,
+/// with `retained` messages, then the shards are told.
+fn sync_from_fleet(sim: &mut Sim, name: &str, seq: u64, retained: std::ops::RangeInclusive<u64>) {
+    let ch = sim.shared.registry.get(name).unwrap();
+    let frames = retained.map(|s| (s, Encoded::plain(message_frame(name, s, &s.to_string()))));
+    ch.sync(seq, frames, FLEET_LIMITS);
+    sim.shared.upstream.note_synced();
+    sim.core.on_upstream_change();
+    sim.run();
+}
+
+/// Delivers message `seq` of `name` as the fleet's distributor does.
+fn deliver_from_fleet(sim: &mut Sim, name: &str, seq: u64) {
+    let ch = sim.shared.registry.get(name).unwrap();
+    let (frame, _) = ch
+        .publish_at(seq, FLEET_LIMITS, sim.now, |s| {
+            Encoded::plain(message_frame(name, s, &s.to_string()))
+        })
+        .expect("newer");
+    sim.core.deliver(Delivery {
+        channel: ch.id,
+        seq,
+        message: frame,
+    });
+    sim.run();
+}
+
+#[test]
+fn in_a_fleet_a_subscriber_waits_for_its_channel_to_be_synced_then_resumes_from_it() {
+    let (mut sim, told) = fleet_sim();
+    let key = sim.accept();
+    let request = format!("GET /ws?channels=c&since=c:7 HTTP/1.1\r\nHost: x\r\n{UPGRADE}\r\n");
+    sim.recv(key, request.as_bytes());
+    assert!(
+        sim.peer(key).written.is_empty(),
+        "nothing until the channel is synced"
+    );
+    assert_eq!(
+        told.lock().unwrap().as_slice(),
+        ["c"],
+        "the fleet is asked to sync it"
+    );
+    // The fleet holds 5..10 of c: the client (at 7) gets 8..10, then live.
+    sync_from_fleet(&mut sim, "c", 10, 5..=10);
+    assert!(sim.http_head(key).starts_with("HTTP/1.1 101"));
+    let frames = sim.frames(key);
+    assert_eq!(frames[0].json()["channels"]["c"], 10);
+    let seqs: Vec<u64> = frames[1..]
+        .iter()
+        .map(|f| f.json()["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [8, 9, 10]);
+    deliver_from_fleet(&mut sim, "c", 11);
+    assert_eq!(sim.frames(key)[0].json()["seq"], 11);
+    // A channel synced already does not make the next subscriber wait.
+    let other = sim.connect("/ws?channels=c");
+    assert_eq!(sim.frames(other)[0].json()["channels"]["c"], 11);
+}
+
+#[test]
+fn in_a_fleet_a_subscriber_is_told_when_its_channel_cannot_be_synced() {
+    let (mut sim, _) = fleet_sim();
+    let key = sim.accept();
+    let request = format!("GET /ws?channels=c HTTP/1.1\r\nHost: x\r\n{UPGRADE}\r\n");
+    sim.recv(key, request.as_bytes());
+    sim.advance(upstream::FLEET_WAIT_MS - 1);
+    assert!(sim.peer(key).written.is_empty());
+    sim.advance(2);
+    assert!(sim.http_head(key).starts_with("HTTP/1.1 101"));
+    let close = sim.frames(key).pop().unwrap();
+    assert_eq!(close.close_code(), Some(1013), "try again later");
+    // An event stream, whose head was never sent, is answered 503.
+    let stream = sim.accept();
+    sim.recv(stream, b"GET /sse?channels=d HTTP/1.1\r\nHost: x\r\n\r\n");
+    // (Deadlines fire on the timer wheel's next tick.)
+    sim.advance(upstream::FLEET_WAIT_MS + 100);
+    let answer = sim.rest_text(stream);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+}
+
+#[test]
+fn a_hole_the_fleet_could_not_fill_is_a_gap_notice_never_silent() {
+    let (mut sim, _) = fleet_sim();
+    let key = sim.accept();
+    let request = format!("GET /ws?channels=c HTTP/1.1\r\nHost: x\r\n{UPGRADE}\r\n");
+    sim.recv(key, request.as_bytes());
+    sync_from_fleet(&mut sim, "c", 3, 1..=3);
+    sim.http_head(key);
+    sim.frames(key);
+    deliver_from_fleet(&mut sim, "c", 7);
+    let frames = sim.frames(key);
+    let gap = frames[0].json();
+    assert_eq!(
+        (
+            gap["type"].as_str(),
+            gap["from"].as_u64(),
+            gap["to"].as_u64()
+        ),
+        (Some("gap"), Some(4), Some(6))
+    );
+    assert_eq!(frames[1].json()["seq"], 7);
+}
+
+#[test]
+fn a_new_fleet_epoch_resets_every_subscriber_to_where_its_channel_is_now() {
+    let (mut sim, _) = fleet_sim();
+    let key = sim.accept();
+    let request = format!("GET /ws?channels=c HTTP/1.1\r\nHost: x\r\n{UPGRADE}\r\n");
+    sim.recv(key, request.as_bytes());
+    sync_from_fleet(&mut sim, "c", 40, 38..=40);
+    sim.http_head(key);
+    assert_eq!(sim.frames(key)[0].json()["epoch"], "e1");
+    // Redis lost its data: c starts over in epoch e2.
+    let ch = sim.shared.registry.get("c").unwrap();
+    ch.sync(0, std::iter::empty(), FLEET_LIMITS);
+    sim.shared.set_epoch("e2");
+    deliver_from_fleet(&mut sim, "c", 1);
+    let frames = sim.frames(key);
+    let reset = frames[0].json();
+    assert_eq!(
+        (reset["type"].as_str(), reset["current"].as_u64()),
+        (Some("reset"), Some(0))
+    );
+    assert_eq!(
+        frames[1].json()["seq"],
+        1,
+        "the new epoch's first message is not taken for a duplicate"
+    );
+    // A client resuming with the old epoch is reset too.
+    let late = sim.accept();
+    let request =
+        format!("GET /ws?channels=c&since=c:40&epoch=e1 HTTP/1.1\r\nHost: x\r\n{UPGRADE}\r\n");
+    sim.recv(late, request.as_bytes());
+    sim.http_head(late);
+    let frames = sim.frames(late);
+    assert_eq!(frames[0].json()["epoch"], "e2");
+    assert_eq!(frames[1].json()["type"], "reset");
+}

@@ -268,6 +268,8 @@ impl Common {
     /// Drains control messages, then up to a budget of deliveries; leaves
     /// `woken` set when deliveries are left over.
     fn drain_inbox(&mut self) {
+        // In a fleet: a new epoch, or channels synced for waiting clients.
+        self.core.on_upstream_change();
         while let Ok(msg) = self.inbox.control.try_recv() {
             match msg {
                 ShardMsg::Drain => self.core.drain(),

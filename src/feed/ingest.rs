@@ -34,12 +34,15 @@ pub fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     UdpSocket::from_std(socket.into())
 }
 
-/// Reads datagrams until the socket fails.
+/// Reads datagrams until the socket fails. In a fleet whose Redis cannot
+/// be reached, each is refused (and counted) at once: a datagram cannot
+/// wait, and queueing it would only delay its loss.
 pub async fn run_udp(
     socket: UdpSocket,
     tx: mpsc::Sender<Incoming>,
     max_message: usize,
     stats: Arc<FeedStats>,
+    shared: Arc<crate::core::shared::Shared>,
 ) {
     // Big enough for any datagram, so none is silently truncated.
     let mut buf = vec![0u8; 65536];
@@ -54,6 +57,10 @@ pub async fn run_udp(
         stats.udp_messages.fetch_add(1, Relaxed);
         if n > max_message {
             stats.error(FeedError::Oversize);
+            continue;
+        }
+        if !shared.upstream.is_up() {
+            stats.fleet_refused_udp.fetch_add(1, Relaxed);
             continue;
         }
         let message = Incoming {

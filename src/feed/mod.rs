@@ -8,6 +8,11 @@
 //! waits, Unix publishers are not read (never dropped, only slowed), and UDP
 //! datagrams queue in the kernel (dropped there when its buffer is full, and
 //! counted in `/metrics`).
+//!
+//! In a fleet, the seqs are the fleet's: the messages fed here go to Redis
+//! (`forward_to_fleet`, then the fleet's publisher), and the distributor
+//! applies what the fleet link hears (`Distributor::run_fleet`), with the
+//! seq it carries.
 
 pub mod envelope;
 pub mod ingest;
@@ -47,6 +52,8 @@ pub struct FeedStats {
     pub compression_in_bytes: AtomicU64,
     pub compression_out_bytes: AtomicU64,
     pub compression_ns: AtomicU64,
+    /// In a fleet: UDP datagrams refused while Redis could not be reached.
+    pub fleet_refused_udp: AtomicU64,
     errors: [AtomicU64; FeedError::COUNT],
 }
 
@@ -187,6 +194,53 @@ impl ShardLink {
     }
 }
 
+/// A channel let go of by the fleet link keeps its state while a subscriber
+/// asked for it this recently (it is listened to again).
+const FORGET_GRACE_MS: u64 = 30_000;
+
+/// Builds a message's forms: the frame, once; the compressed frame, once,
+/// while some client takes it; the event-stream form, once, while some
+/// stream is open.
+struct Encoder<'a> {
+    shared: &'a Shared,
+    stats: &'a FeedStats,
+    compression: std::cell::RefCell<Option<&'a mut Compression>>,
+}
+
+impl<'a> Encoder<'a> {
+    fn new(
+        shared: &'a Shared,
+        stats: &'a FeedStats,
+        compression: &'a mut Option<Compression>,
+    ) -> Encoder<'a> {
+        Encoder {
+            shared,
+            stats,
+            compression: std::cell::RefCell::new(compression.as_mut()),
+        }
+    }
+
+    fn encode(&self, channel: &str, seq: u64, data: &[u8]) -> Encoded {
+        let frame = envelope::encode_frame(channel, seq, data);
+        let deflated = self
+            .compression
+            .borrow_mut()
+            .as_deref_mut()
+            .filter(|_| self.shared.deflate_clients.load(Relaxed) > 0)
+            .and_then(|c| deflate(c, self.stats, &frame));
+        let sse = (self.shared.sse_clients.load(Relaxed) > 0).then(|| {
+            Bytes::from(crate::protocol::sse::message_data(server_frame_payload(
+                &frame,
+            )))
+        });
+        Encoded {
+            frame,
+            deflated,
+            sse,
+        }
+    }
+}
+
 /// Messages taken from the ingest queue per round before waking the shards:
 /// many messages per wake-up when publishers are busy, one when they are not.
 const BATCH: usize = 256;
@@ -306,24 +360,9 @@ impl Distributor {
                 Ok(c) => c,
                 Err(_) => return self.refuse(FeedError::TooManyChannels, message),
             };
-            let (shared, stats, compression) = (&self.shared, &self.stats, &mut self.compression);
+            let encoder = Encoder::new(&self.shared, &self.stats, &mut self.compression);
             let published = channel.publish(self.history.per_channel, now, |seq| {
-                let frame = envelope::encode_frame(&channel.name, seq, env.data);
-                let deflated = compression
-                    .as_mut()
-                    .filter(|_| shared.deflate_clients.load(Relaxed) > 0)
-                    .and_then(|c| deflate(c, stats, &frame));
-                // The event-stream form, once, while some stream is open.
-                let sse = (shared.sse_clients.load(Relaxed) > 0).then(|| {
-                    Bytes::from(crate::protocol::sse::message_data(server_frame_payload(
-                        &frame,
-                    )))
-                });
-                Encoded {
-                    frame,
-                    deflated,
-                    sse,
-                }
+                encoder.encode(&channel.name, seq, env.data)
             });
             if let Some(published) = published {
                 break (channel, published);
@@ -333,7 +372,12 @@ impl Distributor {
             channel.adopt(&self.shared.peers);
         }
         self.retain(&channel, seq, frame.len(), evicted);
-        let frame = &frame;
+        self.fan_out(&channel, seq, &frame).await;
+    }
+
+    /// Hands message `seq` of `channel` to every shard that has subscribers
+    /// for it (waiting for a shard that is behind).
+    async fn fan_out(&mut self, channel: &Arc<Channel>, seq: u64, frame: &Encoded) {
         self.stats.published.fetch_add(1, Relaxed);
         for link in &mut self.shards {
             if !channel.is_interested(link.index) {
@@ -356,6 +400,116 @@ impl Distributor {
                 Err(mpsc::error::TrySendError::Closed(_)) => continue,
             }
             link.unwoken = true;
+        }
+    }
+
+    /// In a fleet: applies what the link heard, until it stops.
+    pub async fn run_fleet(mut self, mut events: mpsc::Receiver<crate::fleet::FleetEvent>) {
+        let mut batch = Vec::with_capacity(BATCH);
+        let ttl = self.history.channel_ttl;
+        let mut sweep =
+            tokio::time::interval((ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(60)));
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                n = events.recv_many(&mut batch, BATCH) => {
+                    if n == 0 {
+                        return;
+                    }
+                    for event in batch.drain(..) {
+                        self.apply(event).await;
+                    }
+                    self.wake_shards();
+                }
+                _ = sweep.tick() => {
+                    let released = self.shared.registry.sweep(
+                        ttl.as_millis() as u64,
+                        self.now_ms(),
+                        &self.shared.peers,
+                    );
+                    self.forget(released);
+                    self.publish_history_stats();
+                }
+            }
+        }
+    }
+
+    async fn apply(&mut self, event: crate::fleet::FleetEvent) {
+        use crate::fleet::FleetEvent;
+        let now = self.now_ms();
+        match event {
+            FleetEvent::Message { channel, seq, data } => {
+                let encoder = Encoder::new(&self.shared, &self.stats, &mut self.compression);
+                let Some((frame, evicted)) =
+                    channel.publish_at(seq, self.history.per_channel, now, |seq| {
+                        encoder.encode(&channel.name, seq, &data)
+                    })
+                else {
+                    return;
+                };
+                self.retain(&channel, seq, frame.len(), evicted);
+                self.fan_out(&channel, seq, &frame).await;
+            }
+            FleetEvent::Sync {
+                channel,
+                seq,
+                retained,
+            } => {
+                self.sync(&channel, seq, retained);
+                self.shared.upstream.note_synced();
+                self.wake_all();
+            }
+            FleetEvent::Forget { channel } => {
+                let wanted = channel.is_wanted_by_shards()
+                    || now.saturating_sub(channel.wanted_at()) < FORGET_GRACE_MS;
+                if !wanted {
+                    let released = channel.unsync();
+                    self.forget(released);
+                }
+            }
+            FleetEvent::Epoch { epoch, channels } => {
+                let mut states: std::collections::HashMap<u64, (u64, Vec<(u64, Bytes)>)> = channels
+                    .into_iter()
+                    .map(|(c, seq, retained)| (c.id, (seq, retained)))
+                    .collect();
+                for channel in self.shared.registry.all() {
+                    match states.remove(&channel.id) {
+                        Some((seq, retained)) => self.sync(&channel, seq, retained),
+                        None => {
+                            let released = channel.unsync();
+                            self.forget(released);
+                        }
+                    }
+                }
+                // Shards compare the epoch before each delivery, so none
+                // meets the new epoch's seqs with the old one's.
+                self.shared.set_epoch(&epoch);
+                self.shared.upstream.note_synced();
+                self.wake_all();
+            }
+        }
+    }
+
+    /// Takes the fleet's state of `channel`.
+    fn sync(&mut self, channel: &Arc<Channel>, seq: u64, retained: Vec<(u64, Bytes)>) {
+        let encoder = Encoder::new(&self.shared, &self.stats, &mut self.compression);
+        let frames: Vec<(u64, Encoded)> = retained
+            .iter()
+            .map(|(s, data)| (*s, encoder.encode(&channel.name, *s, data)))
+            .collect();
+        let lens: Vec<(u64, usize)> = frames.iter().map(|(s, f)| (*s, f.len())).collect();
+        let released = channel.sync(seq, frames, self.history.per_channel);
+        self.forget(released);
+        for (s, len) in lens {
+            self.retain(channel, s, len, Released::default());
+        }
+        self.publish_history_stats();
+    }
+
+    fn wake_all(&mut self) {
+        for link in &mut self.shards {
+            link.waker.wake();
+            link.unwoken = false;
         }
     }
 
@@ -383,6 +537,42 @@ impl Distributor {
                 }
             );
         });
+    }
+}
+
+/// In a fleet: checks each message fed here and passes it on to the
+/// fleet's publisher, waiting while it is behind or Redis cannot be reached
+/// (Unix publishers are then not read; UDP datagrams are refused at the
+/// socket meanwhile).
+pub async fn forward_to_fleet(
+    mut incoming: mpsc::Receiver<Incoming>,
+    outgoing: mpsc::Sender<crate::fleet::Outgoing>,
+    stats: Arc<FeedStats>,
+) {
+    let mut log = RateLimitedLog::new(Duration::from_secs(5));
+    while let Some(message) = incoming.recv().await {
+        let env = match envelope::parse(&message.bytes) {
+            Ok(env) => env,
+            Err(kind) => {
+                stats.error(kind);
+                let preview = preview(&message.bytes);
+                log.hit(|_| {
+                    tracing::warn!(
+                        "refused a {} feed message ({}): {preview}",
+                        message.source,
+                        kind.label()
+                    )
+                });
+                continue;
+            }
+        };
+        let out = crate::fleet::Outgoing {
+            channel: env.channel.into_owned(),
+            data: Bytes::copy_from_slice(env.data),
+        };
+        if outgoing.send(out).await.is_err() {
+            return;
+        }
     }
 }
 
