@@ -123,12 +123,14 @@ pub struct Health {
 impl Health {
     pub fn new(shared: Arc<Shared>, url: &str) -> Health {
         shared.upstream.enable();
-        Health {
+        let health = Health {
             shared,
             url: redacted(url),
             link: Mutex::new(Some("not connected yet".into())),
             publisher: Mutex::new(None),
-        }
+        };
+        health.refresh();
+        health
     }
 
     pub fn link(&self, problem: Option<String>) {

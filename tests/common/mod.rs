@@ -317,6 +317,7 @@ impl Drop for Server {
 }
 
 pub mod proxy;
+pub mod redis;
 pub mod seccomp;
 pub use seccomp::IoUringCall;
 
