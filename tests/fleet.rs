@@ -207,10 +207,7 @@ fn a_client_resumes_on_another_node_with_exactly_what_it_missed() {
     assert_eq!(resumed.epoch(), epoch);
     let got = resumed.messages(50);
     assert_eq!(seqs(&got), (6..=55).collect::<Vec<_>>());
-    assert!(
-        got.iter().all(|m| m.1 == Value::from(m.0)),
-        "the data of each seq"
-    );
+    assert!(got.iter().all(|m| m.1 == m.0), "the data of each seq");
     Feed::to(&a).send("r", "56");
     assert_eq!(seqs(&resumed.messages(1)), [56], "then live");
     assert!(
