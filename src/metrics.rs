@@ -341,6 +341,13 @@ pub fn write_single(out: &mut String, name: &str, help: &str, kind: &str, value:
 }
 
 /// Renders the per-shard part of `/metrics`.
+/// Several [`write_single`]s: (name, help, kind, value) each.
+pub fn write_singles(out: &mut String, metrics: &[(&str, &str, &str, u64)]) {
+    for &(name, help, kind, value) in metrics {
+        write_single(out, name, help, kind, value);
+    }
+}
+
 pub fn render_shards(out: &mut String, shards: &[LocalStats]) {
     for g in Gauge::ALL {
         let (name, help) = g.name_help();

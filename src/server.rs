@@ -457,7 +457,7 @@ pub fn serve(config: ServeConfig) -> Result<(), StartError> {
         );
         match fleet {
             None => {
-                tokio::spawn(distributor.run(rx));
+                tokio::spawn(distributor.run(crate::feed::Source::Feed(rx)));
             }
             Some(fleet) => {
                 let (events_tx, events) = mpsc::channel(FLEET_EVENTS);
@@ -483,7 +483,7 @@ pub fn serve(config: ServeConfig) -> Result<(), StartError> {
                     fleet.health.clone(),
                 ));
                 tokio::spawn(crate::feed::forward_to_fleet(rx, outgoing, stats.clone()));
-                tokio::spawn(distributor.run_fleet(events));
+                tokio::spawn(distributor.run(crate::feed::Source::Fleet(events)));
             }
         }
         crate::notify::notify("READY=1");

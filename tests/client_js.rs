@@ -126,21 +126,7 @@ fn browser_client_survives_restart_and_freeze() {
         .map(|v| (v["attempt"].as_u64().unwrap(), v["delay"].as_u64().unwrap()))
         .collect();
     assert!(delays.len() >= 3, "{delays:?}");
-    // One reconnect per failed attempt (an error and a close of the same
-    // socket must not both schedule one): attempts go 1, 2, 3, ...
-    let attempts: Vec<u64> = delays.iter().map(|d| d.0).collect();
-    assert_eq!(
-        attempts,
-        (1..=attempts.len() as u64).collect::<Vec<_>>(),
-        "{delays:?}"
-    );
-    for (attempt, delay) in &delays {
-        // Full jitter: uniform in [0, min(400, 100 * 2^(attempt-1))].
-        let cap = 400.min(100 << (attempt - 1).min(8));
-        assert!(*delay <= cap, "attempt {attempt}: {delay} ms over {cap}");
-    }
-    let distinct: std::collections::HashSet<_> = delays.iter().map(|d| d.1).collect();
-    assert!(distinct.len() > 1, "no jitter: {delays:?}");
+    common::assert_jittered_reconnects(&delays, 1);
     publish(&second, 1..=1);
     assert_eq!(node.message(1)["seq"], 1);
 

@@ -1,7 +1,8 @@
 //! The shipped monitoring: the Grafana dashboard and the Prometheus alert
-//! rules (monitoring/) name only metrics the server serves, the dashboard
-//! shows every one of them and is well-formed, every query parses, and the
-//! alerts fire (and stay quiet) as their unit tests say, under promtool.
+//! rules (monitoring/) name only metrics the server serves (a fleet node,
+//! which serves them all), the dashboard shows every one of them and is
+//! well-formed, every query parses, and the alerts fire (and stay quiet) as
+//! their unit tests say, under promtool.
 
 mod common;
 
@@ -10,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::Server;
+use common::redis::Redis;
 use serde_json::Value;
 
 fn monitoring(file: &str) -> PathBuf {
@@ -38,15 +40,19 @@ fn metric_names(text: &str) -> BTreeSet<String> {
     names
 }
 
-/// The metric names the server's `/metrics` declares.
-fn served() -> BTreeSet<String> {
-    let server = Server::start(&[]);
+/// The metric names (and types) a fleet node's `/metrics` declares: all a
+/// single node has, and the fleet's.
+fn served() -> BTreeSet<(String, String)> {
+    let redis = Redis::start();
+    let server = Server::start(&["--redis", &redis.url()]);
     server
         .metrics()
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.split_whitespace().next())
-        .map(str::to_owned)
+        .filter_map(|l| {
+            let mut parts = l.split_whitespace();
+            Some((parts.next()?.to_owned(), parts.next()?.to_owned()))
+        })
         .collect()
 }
 
@@ -68,7 +74,20 @@ fn queries(dashboard: &Value) -> Vec<String> {
 
 #[test]
 fn dashboard_and_alerts_name_only_served_metrics_and_the_dashboard_shows_all() {
-    let served = served();
+    let typed = served();
+    assert!(
+        typed.iter().any(|(n, _)| n == "ringcast_fleet_link_up"),
+        "{typed:?}"
+    );
+    // The README documents every metric, with its type.
+    let readme = include_str!("../README.md");
+    for (name, kind) in &typed {
+        assert!(
+            readme.contains(&format!("| `{name}` | {kind} |")),
+            "README.md's metrics table has no row for {name} ({kind})"
+        );
+    }
+    let served: BTreeSet<String> = typed.into_iter().map(|(n, _)| n).collect();
     assert!(served.len() > 30, "{served:?}");
     let on_dashboard: BTreeSet<String> = queries(&dashboard())
         .iter()

@@ -460,9 +460,7 @@ impl AdminSource {
                 fleet.malformed.load(Relaxed),
             ),
         ];
-        for (name, help, kind, value) in single {
-            metrics::write_single(out, name, help, kind, value);
-        }
+        metrics::write_singles(out, &single);
         let name = "ringcast_fleet_redis_rtt_seconds";
         metrics::write_header(
             out,
@@ -561,9 +559,7 @@ impl AdminSource {
                 feed.compression_out_bytes.load(Relaxed),
             ),
         ];
-        for (name, help, kind, value) in single {
-            metrics::write_single(out, name, help, kind, value);
-        }
+        metrics::write_singles(out, &single);
         let name = "ringcast_compression_seconds_total";
         metrics::write_header(
             out,

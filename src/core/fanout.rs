@@ -151,31 +151,10 @@ impl ShardCore {
         name: &str,
         since: Option<u64>,
     ) -> Result<Subscribed, ChannelRefused> {
-        let (rates, now) = (self.budget_rates, self.now_ms);
-        let creator = Creator {
-            peers: &self.shared.peers,
-            peer: self
-                .conns
-                .get(slot)
-                .map_or(crate::limits::UNTRACKED, |c| c.peer),
-        };
-        let conns = &mut self.conns;
-        let may_create = || {
-            conns
-                .get_mut(slot)
-                .is_some_and(|c| c.budget.create_channel(&rates, now))
-        };
-        let channel = match self
-            .shared
-            .registry
-            .subscribe(name, self.index, now, creator, may_create)
-        {
-            Ok(channel) => channel,
-            Err(refused) => {
-                self.stats.add(Counter::ChannelRefusals, 1);
-                return Err(refused);
-            }
-        };
+        let (shard, now) = (self.index, self.now_ms);
+        let channel = self.look_up_for(slot, |registry, creator, may_create| {
+            registry.subscribe(name, shard, now, creator, may_create)
+        })?;
         // Interest is up (registry.subscribe); only now is the seq read.
         let local = self.channels.open(channel);
         let Some(ch) = self.channels.get_mut(local) else {
@@ -220,6 +199,36 @@ impl ShardCore {
         }
         self.channels.subscribed();
         Ok(Subscribed { current, reset })
+    }
+
+    /// Runs `look_up` on the registry with what creating a channel for
+    /// `slot` takes: its IP's hold (`Creator`) and its creation budget (spent
+    /// only if a channel is created). A refusal is counted.
+    pub(super) fn look_up_for(
+        &mut self,
+        slot: u32,
+        look_up: impl FnOnce(
+            &registry::Registry,
+            Creator<'_>,
+            &mut dyn FnMut() -> bool,
+        ) -> Result<Arc<registry::Channel>, ChannelRefused>,
+    ) -> Result<Arc<registry::Channel>, ChannelRefused> {
+        let (rates, now) = (self.budget_rates, self.now_ms);
+        let creator = Creator {
+            peers: &self.shared.peers,
+            peer: self
+                .conns
+                .get(slot)
+                .map_or(crate::limits::UNTRACKED, |c| c.peer),
+        };
+        let conns = &mut self.conns;
+        let mut may_create = || {
+            conns
+                .get_mut(slot)
+                .is_some_and(|c| c.budget.create_channel(&rates, now))
+        };
+        look_up(&self.shared.registry, creator, &mut may_create)
+            .inspect_err(|_| self.stats.add(Counter::ChannelRefusals, 1))
     }
 
     /// Leaves one channel, by its name; false if not subscribed.

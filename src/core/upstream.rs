@@ -53,27 +53,12 @@ impl ShardCore {
         if !self.shared.registry.in_fleet() {
             return Ok(false);
         }
-        let (rates, now) = (self.budget_rates, self.now_ms);
+        let now = self.now_ms;
         let mut wait = false;
         for name in channels {
-            let creator = registry::Creator {
-                peers: &self.shared.peers,
-                peer: self
-                    .conns
-                    .get(slot)
-                    .map_or(crate::limits::UNTRACKED, |c| c.peer),
-            };
-            let conns = &mut self.conns;
-            let may_create = || {
-                conns
-                    .get_mut(slot)
-                    .is_some_and(|c| c.budget.create_channel(&rates, now))
-            };
-            let channel = self
-                .shared
-                .registry
-                .want(name, now, creator, may_create)
-                .inspect_err(|_| self.stats.add(Counter::ChannelRefusals, 1))?;
+            let channel = self.look_up_for(slot, |registry, creator, may_create| {
+                registry.want(name, now, creator, may_create)
+            })?;
             wait |= !channel.is_synced();
         }
         Ok(wait)

@@ -11,8 +11,8 @@
 //!
 //! In a fleet, the seqs are the fleet's: the messages fed here go to Redis
 //! (`forward_to_fleet`, then the fleet's publisher), and the distributor
-//! applies what the fleet link hears (`Distributor::run_fleet`), with the
-//! seq it carries.
+//! applies what the fleet link hears (`Source::Fleet`), with the seq it
+//! carries.
 
 pub mod envelope;
 pub mod ingest;
@@ -174,6 +174,13 @@ pub struct Distributor {
     compression: Option<Compression>,
 }
 
+/// What the distributor applies: the messages fed to this node (a single
+/// node assigns their seqs), or in a fleet what the fleet link heard.
+pub enum Source {
+    Feed(mpsc::Receiver<Incoming>),
+    Fleet(mpsc::Receiver<crate::fleet::FleetEvent>),
+}
+
 /// Where the distributor hands a shard its messages.
 pub struct ShardLink {
     pub index: usize,
@@ -272,21 +279,32 @@ impl Distributor {
         self.started.elapsed().as_millis() as u64
     }
 
-    /// Runs until every ingest task is gone.
-    pub async fn run(mut self, mut incoming: mpsc::Receiver<Incoming>) {
-        let mut batch = Vec::with_capacity(BATCH);
+    /// Runs until its source is gone: every ingest task (a single node), or
+    /// the fleet link.
+    pub async fn run(mut self, mut source: Source) {
+        let mut messages = Vec::with_capacity(BATCH);
+        let mut events = Vec::with_capacity(BATCH);
         let ttl = self.history.channel_ttl;
         let mut sweep =
             tokio::time::interval((ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(60)));
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let more = async {
+                match &mut source {
+                    Source::Feed(rx) => rx.recv_many(&mut messages, BATCH).await,
+                    Source::Fleet(rx) => rx.recv_many(&mut events, BATCH).await,
+                }
+            };
             tokio::select! {
-                n = incoming.recv_many(&mut batch, BATCH) => {
+                n = more => {
                     if n == 0 {
                         return;
                     }
-                    for message in batch.drain(..) {
+                    for message in messages.drain(..) {
                         self.publish(&message).await;
+                    }
+                    for event in events.drain(..) {
+                        self.apply(event).await;
                     }
                     self.wake_shards();
                 }
@@ -403,37 +421,7 @@ impl Distributor {
         }
     }
 
-    /// In a fleet: applies what the link heard, until it stops.
-    pub async fn run_fleet(mut self, mut events: mpsc::Receiver<crate::fleet::FleetEvent>) {
-        let mut batch = Vec::with_capacity(BATCH);
-        let ttl = self.history.channel_ttl;
-        let mut sweep =
-            tokio::time::interval((ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(60)));
-        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                n = events.recv_many(&mut batch, BATCH) => {
-                    if n == 0 {
-                        return;
-                    }
-                    for event in batch.drain(..) {
-                        self.apply(event).await;
-                    }
-                    self.wake_shards();
-                }
-                _ = sweep.tick() => {
-                    let released = self.shared.registry.sweep(
-                        ttl.as_millis() as u64,
-                        self.now_ms(),
-                        &self.shared.peers,
-                    );
-                    self.forget(released);
-                    self.publish_history_stats();
-                }
-            }
-        }
-    }
-
+    /// In a fleet: applies one thing the link heard, in order.
     async fn apply(&mut self, event: crate::fleet::FleetEvent) {
         use crate::fleet::FleetEvent;
         let now = self.now_ms();

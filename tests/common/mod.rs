@@ -642,3 +642,23 @@ pub fn ensure_js_packages() {
         assert!(status.success(), "npm install --prefix tests/js failed");
     });
 }
+
+/// client/ringcast.js's reconnects, as (attempt, delay ms) in order, with
+/// `minDelay` 100 and `maxDelay` 400: one per failed attempt (an error and
+/// a close of the same socket must not both schedule one), so the attempts
+/// count up from `first`; each delay within full jitter's range
+/// [0, min(400, 100 * 2^(attempt-1))]; and not all the same.
+pub fn assert_jittered_reconnects(delays: &[(u64, u64)], first: u64) {
+    let attempts: Vec<u64> = delays.iter().map(|d| d.0).collect();
+    assert_eq!(
+        attempts,
+        (first..first + attempts.len() as u64).collect::<Vec<_>>(),
+        "{delays:?}"
+    );
+    for (attempt, delay) in delays {
+        let cap = 400.min(100 << (attempt - 1).min(8));
+        assert!(*delay <= cap, "attempt {attempt}: {delay} ms over {cap}");
+    }
+    let distinct: std::collections::HashSet<_> = delays.iter().map(|d| d.1).collect();
+    assert!(distinct.len() > 1, "no jitter: {delays:?}");
+}
