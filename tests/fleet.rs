@@ -531,3 +531,34 @@ fn a_node_starts_while_redis_is_down_and_serves_once_it_is_up() {
     assert_eq!(seqs(&client.messages(1)), [1]);
     assert_eq!(client.epoch(), redis.cli(&["GET", "ringcast:epoch"]));
 }
+
+#[test]
+fn a_redis_that_comes_back_with_older_seqs_starts_a_new_epoch_instead_of_reusing_them() {
+    // As after a failover to a replica that was behind: the epoch is there,
+    // but the channel's seq is below what clients already got.
+    let redis = Redis::start();
+    let a = node(&redis.url(), &[]);
+    let mut client = Client::connect(&a, "/ws?channels=f");
+    let old_epoch = client.epoch();
+    let mut feed = Feed::to(&a);
+    for k in 1..=5 {
+        feed.send("f", &k.to_string());
+    }
+    assert_eq!(seqs(&client.messages(5)), [1, 2, 3, 4, 5]);
+    redis.cli(&["SET", "ringcast:{f}:seq", "2"]);
+    redis.cli(&["XTRIM", "ringcast:{f}:log", "MAXLEN", "2"]);
+    redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    let reset = client.notice();
+    assert_eq!(
+        (reset["type"].as_str(), reset["channel"].as_str()),
+        (Some("reset"), Some("f")),
+        "{reset}"
+    );
+    let new_epoch = redis.cli(&["GET", "ringcast:epoch"]);
+    assert_ne!(new_epoch, old_epoch, "a new epoch for the whole fleet");
+    wait_healthy(&a);
+    feed.send("f", "\"after\"");
+    let (seq, data) = client.messages(1).remove(0);
+    assert_eq!(data, Value::from("after"));
+    assert_eq!(seq, reset["current"].as_u64().unwrap() + 1);
+}

@@ -36,8 +36,8 @@ const PROBE_EVERY: Duration = Duration::from_secs(1);
 pub const PROBE_DEADLINE: Duration = Duration::from_millis(2500);
 /// Longest wait for a connection or a command.
 const TIMEOUT: Duration = Duration::from_secs(1);
-/// A channel nobody subscribes to is still listened to this long after it
-/// was last asked for (a subscriber may be on its way).
+/// A channel is still listened to this long after its last subscriber here
+/// left, or after a subscriber last asked for it (one may be on its way).
 const GRACE_MS: u64 = 30_000;
 /// How often channels nobody wants any more are let go.
 const REVIEW_EVERY: Duration = Duration::from_secs(5);
@@ -46,6 +46,9 @@ const REVIEW_EVERY: Duration = Duration::from_secs(5);
 struct Track {
     channel: Arc<Channel>,
     last: u64,
+    /// Since when (registry clock) nobody wants it; let go of after
+    /// [`GRACE_MS`], so a client that reconnects finds it still listened to.
+    unwanted_since: Option<u64>,
 }
 
 pub struct Link {
@@ -151,10 +154,10 @@ impl Link {
         if !names.is_empty() {
             timed(sink.subscribe(&names)).await?;
         }
-        let old: HashMap<Arc<str>, Track> = std::mem::take(&mut self.tracked);
+        let mut old: HashMap<Arc<str>, Track> = std::mem::take(&mut self.tracked);
         for channel in &wanted {
             let last = old
-                .get(&channel.name)
+                .remove(&channel.name)
                 .filter(|t| Arc::ptr_eq(&t.channel, channel))
                 .map(|t| t.last);
             self.tracked.insert(
@@ -162,7 +165,35 @@ impl Link {
                 Track {
                     channel: channel.clone(),
                     last: last.unwrap_or(0),
+                    unwanted_since: None,
                 },
+            );
+        }
+        // Listened to before and not any more: their state would go stale.
+        for (_, track) in old {
+            self.send(FleetEvent::Forget {
+                channel: track.channel,
+            })
+            .await?;
+        }
+        let mut epoch = epoch;
+        if self.node_epoch.as_deref() == Some(epoch.as_str())
+            && self.fleet_went_back(&mut data, &wanted).await?
+        {
+            // A Redis that came back with older data (a failover to a
+            // replica that was behind, an old snapshot) would hand out seqs
+            // clients already had: a new epoch instead, for the whole fleet.
+            epoch = super::node_name();
+            let _: () = timed(
+                redis::cmd("SET")
+                    .arg(self.keys.epoch())
+                    .arg(&epoch)
+                    .query_async(&mut data),
+            )
+            .await?;
+            self.fleet_epoch.send_replace(epoch.clone());
+            tracing::warn!(
+                "fleet: Redis came back with older seqs than this node delivered; starting epoch {epoch}"
             );
         }
         if self.node_epoch.as_deref() != Some(epoch.as_str()) {
@@ -247,6 +278,28 @@ impl Link {
         Ok(epoch)
     }
 
+    /// Whether any of `channels` has a seq in Redis below the one this node
+    /// already has: the fleet's data went back in time.
+    async fn fleet_went_back(
+        &mut self,
+        data: &mut MultiplexedConnection,
+        channels: &[Arc<Channel>],
+    ) -> Result<bool, String> {
+        let synced: Vec<&Arc<Channel>> = channels.iter().filter(|c| c.is_synced()).collect();
+        if synced.is_empty() {
+            return Ok(false);
+        }
+        let mut pipe = redis::pipe();
+        for channel in &synced {
+            pipe.cmd("GET").arg(self.keys.seq(&channel.name));
+        }
+        let seqs: Vec<Option<u64>> = timed(pipe.query_async(data)).await?;
+        Ok(synced
+            .iter()
+            .zip(seqs)
+            .any(|(channel, seq)| seq.unwrap_or(0) < channel.last_seq()))
+    }
+
     /// Channels this node listens to: those with subscribers here, and
     /// those a subscriber asked for a moment ago.
     fn is_desired(&self, channel: &Arc<Channel>) -> bool {
@@ -287,6 +340,7 @@ impl Link {
             Track {
                 channel: channel.clone(),
                 last: 0,
+                unwanted_since: None,
             },
         );
         self.publish_count();
@@ -296,12 +350,23 @@ impl Link {
     /// Unsubscribes from channels nobody wants any more (past the grace);
     /// the distributor forgets their state unless a subscriber came.
     async fn let_go_of_unwanted(&mut self, sink: &mut PubSubSink) -> Session {
-        let gone: Vec<Arc<str>> = self
+        let now = self.now_ms();
+        let desired: Vec<(Arc<str>, bool)> = self
             .tracked
             .values()
-            .filter(|t| !self.is_desired(&t.channel))
-            .map(|t| t.channel.name.clone())
+            .map(|t| (t.channel.name.clone(), self.is_desired(&t.channel)))
             .collect();
+        let mut gone = Vec::new();
+        for (name, wanted) in desired {
+            let Some(track) = self.tracked.get_mut(&name) else {
+                continue;
+            };
+            if wanted {
+                track.unwanted_since = None;
+            } else if now.saturating_sub(*track.unwanted_since.get_or_insert(now)) >= GRACE_MS {
+                gone.push(name);
+            }
+        }
         for name in gone {
             timed(sink.unsubscribe(self.keys.live(&name))).await?;
             if let Some(track) = self.tracked.remove(&name) {
