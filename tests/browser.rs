@@ -403,3 +403,35 @@ fn urlencode(s: &str) -> String {
         })
         .collect()
 }
+
+#[test]
+fn the_status_page_of_a_fleet_node_shows_its_redis_link() {
+    let redis = common::redis::Redis::start();
+    let server = Server::start(&["--redis", &redis.url()]);
+    let mut browser = Browser::start();
+    browser.open(&format!("http://{}/", server.addr));
+    let fleet = browser.eval_until(&text_of("fleet"), |v| {
+        v.as_str().is_some_and(|t| t.contains("link up"))
+    });
+    let fleet = fleet.as_str().unwrap();
+    assert!(
+        fleet.contains(&format!("Redis redis://127.0.0.1:{}/0", redis.port)),
+        "{fleet}"
+    );
+    // Redis gone: the page says so, with why.
+    drop(redis);
+    browser.eval_until(&text_of("fleet"), |v| {
+        v.as_str()
+            .is_some_and(|t| t.contains("link down") && t.contains("redis unreachable"))
+    });
+    assert_eq!(
+        browser.eval("document.getElementById('fleet').className"),
+        "nonzero"
+    );
+    browser.screenshot("status-fleet.png");
+    assert!(
+        browser.complaints().is_empty(),
+        "{:#?}",
+        browser.complaints()
+    );
+}
