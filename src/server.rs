@@ -168,6 +168,7 @@ pub fn start(config: &ServeConfig) -> Result<Running, StartError> {
         serve_admin: config.metrics_listen.is_none(),
         compression: config.compression,
         compression_min_size: config.compression_min_size,
+        history: config.history,
     });
     let driver_config = Arc::new(DriverConfig {
         io,

@@ -218,6 +218,37 @@ fn a_client_resumes_on_another_node_with_exactly_what_it_missed() {
 }
 
 #[test]
+fn a_resume_from_further_back_than_a_node_holds_is_served_from_the_fleets_log() {
+    let redis = Redis::start();
+    let b = node(&redis.url(), &[]);
+    // Node C keeps little of each channel itself (1 KiB: about 25 frames
+    // here); the fleet's log keeps --history (1,000) messages.
+    let c = node(&redis.url(), &["--history-bytes", "1KiB"]);
+    let mut watching = Client::connect(&c, "/ws?channels=d");
+    let epoch = watching.epoch();
+    let mut feed = Feed::to(&b);
+    for k in 1..=60 {
+        feed.send("d", &k.to_string());
+    }
+    assert_eq!(seqs(&watching.messages(60)), (1..=60).collect::<Vec<_>>());
+    let mut resumed = Client::connect(&c, &format!("/ws?channels=d&since=d:5&epoch={epoch}"));
+    let got = resumed.messages(55);
+    assert_eq!(seqs(&got), (6..=60).collect::<Vec<_>>());
+    assert!(got.iter().all(|m| m.1 == m.0), "the data of each seq");
+    assert!(
+        resumed.notices.is_empty(),
+        "no gap: Redis held them: {:?}",
+        resumed.notices
+    );
+    // Past what the log holds too, the gap is told.
+    redis.cli(&["XTRIM", "ringcast:{d}:log", "MAXLEN", "10"]);
+    let mut late = Client::connect(&c, &format!("/ws?channels=d&since=d:1&epoch={epoch}"));
+    let gap = late.notice();
+    assert_eq!(gap["type"], "gap", "{gap}");
+    assert_eq!(gap["from"], 2);
+}
+
+#[test]
 fn redis_paused_for_five_seconds_loses_nothing_and_health_says_why() {
     let redis = Redis::start();
     let a = node(&redis.url(), &["--udp", "127.0.0.1:0"]);

@@ -82,6 +82,31 @@ impl History {
         evicted
     }
 
+    /// Puts older frames in front: `frames` (ascending, contiguous, ending
+    /// just before the oldest retained one, or anywhere when the ring is
+    /// empty), as many as `max_count` leaves room for, newest first. Only
+    /// the count bounds them: they are there for a client resuming now, from
+    /// what the fleet's log still held. Returns the (seq, bytes) added.
+    pub fn prepend(&mut self, frames: Vec<(u64, Encoded)>, max_count: usize) -> Vec<(u64, usize)> {
+        let room = max_count.saturating_sub(self.frames.len());
+        let mut added = Vec::new();
+        for (seq, frame) in frames.into_iter().rev().take(room) {
+            let fits = if self.frames.is_empty() {
+                true
+            } else {
+                seq + 1 == self.first_seq
+            };
+            if !fits {
+                break;
+            }
+            self.first_seq = seq;
+            self.bytes += frame.len();
+            added.push((seq, frame.len()));
+            self.frames.push_front(frame);
+        }
+        added
+    }
+
     /// Evicts the oldest frame if it is `seq` (the global cap's eviction
     /// order may name a frame already trimmed by the per-channel limits).
     pub fn evict_if_oldest(&mut self, seq: u64) -> Released {

@@ -336,7 +336,21 @@ impl ShardCore {
         query: &WsQuery,
         prefix: Vec<u8>,
     ) -> Result<(), ()> {
-        match self.must_wait_for_fleet(slot, &query.channels) {
+        // Positions of another run of the server mean nothing in this one:
+        // such a resume replays this epoch from its start.
+        let epoch = match &query.epoch {
+            Some(epoch) if **epoch != *self.epoch => Epoch::Stale,
+            _ => Epoch::Current,
+        };
+        let since = |name: &str| {
+            let s = query.since.iter().find(|(c, _)| c == name).map(|(_, s)| *s);
+            if epoch == Epoch::Stale {
+                s.map(|_| 0)
+            } else {
+                s
+            }
+        };
+        match self.must_wait_for_fleet(slot, &query.channels, &since) {
             Ok(false) => {}
             Ok(true) => {
                 let parked = Parked::Connect {
@@ -359,11 +373,6 @@ impl ShardCore {
         }
         let since = |name: &str| query.since.iter().find(|(c, _)| c == name).map(|(_, s)| *s);
         let ack = Ack::Welcome { handshake: prefix };
-        // Positions of another run of the server mean nothing in this one.
-        let epoch = match &query.epoch {
-            Some(epoch) if **epoch != *self.epoch => Epoch::Stale,
-            _ => Epoch::Current,
-        };
         if let Err(refused) = self.subscribe_and_notify(slot, &query.channels, &since, epoch, ack) {
             let last = self.last_words(slot, 1013, refused.why.reason());
             self.close_with(slot, Some(last), CloseReason::Error);

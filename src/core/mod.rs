@@ -95,6 +95,8 @@ pub struct CoreConfig {
     /// Messages shorter than this are not compressed (on `/echo`; the feed
     /// applies it to broadcasts).
     pub compression_min_size: usize,
+    /// Messages each channel's history keeps (`--history`; 0: no resume).
+    pub history: usize,
 }
 
 impl Default for CoreConfig {
@@ -121,6 +123,7 @@ impl Default for CoreConfig {
             serve_admin: true,
             compression: true,
             compression_min_size: 256,
+            history: 1000,
         }
     }
 }
@@ -282,6 +285,8 @@ pub struct ShardCore {
     /// slot, with the connection's generation), and the sync count when
     /// they were last looked at. Kept here, not in every connection.
     parked: std::collections::HashMap<u32, (u32, upstream::Waiting)>,
+    /// While a parked connection is retried: the end of the wait it had.
+    park_until: Option<u64>,
     synced_seen: u64,
 }
 
@@ -313,6 +318,7 @@ impl ShardCore {
             epoch,
             epoch_seen,
             parked: std::collections::HashMap::new(),
+            park_until: None,
             synced_seen,
             stopping: false,
             echo_deflaters: Default::default(),

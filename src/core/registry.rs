@@ -59,6 +59,13 @@ pub struct Channel {
     wanted_at: AtomicU64,
     /// The seq it was last synced at.
     synced_seq: AtomicU64,
+    /// How far back its history holds everything the fleet's log held when
+    /// it was last filled from it (`u64::MAX`: unknown, e.g. trimmed since):
+    /// a resume from below what the node holds reads the log once, then
+    /// takes what it got.
+    reach: AtomicU64,
+    /// A resume wants the history from this seq (`u64::MAX`: none pending).
+    wanted_from: AtomicU64,
 }
 
 /// One channel's figures at one instant, for the status page.
@@ -134,6 +141,9 @@ impl Channel {
         if limits.count > 0 {
             released += history.push(seq, frame.clone(), limits.count, limits.bytes);
         }
+        if released.frames > 0 {
+            self.note_trimmed();
+        }
         self.last_seq.store(seq, SeqCst);
         drop(history);
         self.last_active.store(now_ms, SeqCst);
@@ -156,10 +166,60 @@ impl Channel {
                 released += history.push(s, frame, limits.count, limits.bytes);
             }
         }
+        // What the log held is all it can give.
+        let reach = history.oldest().unwrap_or(seq + 1);
+        self.reach.store(reach, SeqCst);
+        self.wanted_from.store(u64::MAX, SeqCst);
         self.last_seq.store(seq, SeqCst);
         self.synced_seq.store(seq, SeqCst);
         self.synced.store(true, SeqCst);
         released
+    }
+
+    /// In a fleet: whether a resume from `from` needs the fleet's log (the
+    /// node holds less, and has not asked the log that far back yet).
+    pub fn needs_backfill(&self, from: u64, limits_count: usize) -> bool {
+        if !self.is_synced() || limits_count == 0 || self.reach.load(SeqCst) <= from {
+            return false;
+        }
+        let history = self.history();
+        match history.oldest() {
+            Some(oldest) => from < oldest,
+            None => from <= self.last_seq(),
+        }
+    }
+
+    /// Its history lost frames to a cap: the fleet's log may hold more.
+    pub fn note_trimmed(&self) {
+        self.reach.store(u64::MAX, SeqCst);
+    }
+
+    /// The resume history it waits for (`None`: nothing pending).
+    pub fn wanted_from(&self) -> Option<u64> {
+        let from = self.wanted_from.load(SeqCst);
+        (from != u64::MAX).then_some(from)
+    }
+
+    /// Older messages from the fleet's log, asked for from `from`: put in
+    /// front of the history (see `History::prepend`). Returns the (seq,
+    /// bytes) added.
+    pub fn backfill(
+        &self,
+        from: u64,
+        frames: Vec<(u64, Encoded)>,
+        limits: HistoryLimits,
+    ) -> Vec<(u64, usize)> {
+        let mut history = self.history();
+        let end = history.oldest().unwrap_or(self.last_seq() + 1);
+        let older: Vec<(u64, Encoded)> = frames.into_iter().filter(|(s, _)| *s < end).collect();
+        let added = if older.last().is_some_and(|(s, _)| *s + 1 == end) {
+            history.prepend(older, limits.count)
+        } else {
+            Vec::new()
+        };
+        self.reach.fetch_min(from, SeqCst);
+        self.wanted_from.store(u64::MAX, SeqCst);
+        added
     }
 
     /// The seq it was last synced at (see `sync`).
@@ -337,6 +397,13 @@ impl Registry {
         Ok(channel)
     }
 
+    /// In a fleet: a resume wants `channel`'s history from `from`, further
+    /// back than the node holds; the fleet link reads it from the log.
+    pub fn want_backfill(&self, channel: &Arc<Channel>, from: u64) {
+        channel.wanted_from.fetch_min(from, SeqCst);
+        self.tell_watcher(channel);
+    }
+
     /// A channel created by a client, within the limits on clients.
     fn create_for(
         &self,
@@ -498,6 +565,8 @@ impl Registry {
             synced: AtomicBool::new(!self.in_fleet()),
             wanted_at: AtomicU64::new(0),
             synced_seq: AtomicU64::new(0),
+            reach: AtomicU64::new(u64::MAX),
+            wanted_from: AtomicU64::new(u64::MAX),
             retired: AtomicBool::new(false),
         });
         map.insert(name, channel.clone());

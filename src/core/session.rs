@@ -7,7 +7,6 @@ use crate::protocol::channel::is_valid_channel_name;
 use crate::protocol::control::{self, ClientMessage, parse_client_message};
 use crate::protocol::deflate::Deflater;
 use crate::protocol::reader::{Event, Flow, FrameReader, Violation};
-use fanout::{Ack, Epoch};
 
 /// A message a subscriber sent, kept until the reader is done with the bytes.
 enum Inbound {
@@ -213,29 +212,8 @@ impl ShardCore {
             );
             return self.client_error(slot, &why);
         }
-        match self.must_wait_for_fleet(slot, &channels) {
-            Ok(false) => {}
-            Ok(true) => {
-                let parked = super::upstream::Parked::Subscribe {
-                    channels,
-                    since: since.clone(),
-                };
-                return self.park(slot, parked);
-            }
-            Err(why) => {
-                let refused = super::fanout::Refused {
-                    why,
-                    channels: channels.clone(),
-                };
-                return self.client_error(slot, &refused.notice());
-            }
-        }
-        let since = |name: &str| since.get(name).copied();
-        if let Err(refused) =
-            self.subscribe_and_notify(slot, &channels, &since, Epoch::Current, Ack::Subscribed)
-        {
-            self.client_error(slot, &refused.notice());
-        }
+        // In a fleet, it may wait for its channels first.
+        self.subscribe_after_wait(slot, channels, since.clone());
     }
 
     /// `{"type":"auth"}`: authenticates a connection that upgraded without a

@@ -43,12 +43,15 @@ pub struct Waiting {
 }
 
 impl ShardCore {
-    /// In a fleet: whether any of `channels` has yet to be synced (each is
-    /// asked for). `Err` when one cannot be created at all.
+    /// In a fleet: whether any of `channels` has yet to be synced, or a
+    /// resume from `since` reaches back further than the node holds (then
+    /// the fleet's log is read first). Each is asked for. `Err` when one
+    /// cannot be created at all.
     pub(super) fn must_wait_for_fleet(
         &mut self,
         slot: u32,
         channels: &[String],
+        since: &dyn Fn(&str) -> Option<u64>,
     ) -> Result<bool, registry::ChannelRefused> {
         if !self.shared.registry.in_fleet() {
             return Ok(false);
@@ -59,14 +62,25 @@ impl ShardCore {
             let channel = self.look_up_for(slot, |registry, creator, may_create| {
                 registry.want(name, now, creator, may_create)
             })?;
-            wait |= !channel.is_synced();
+            if !channel.is_synced() {
+                wait = true;
+            } else if let Some(from) = since(name).map(|s| s + 1)
+                && channel.needs_backfill(from, self.config.history)
+            {
+                self.shared.registry.want_backfill(&channel, from);
+                wait = true;
+            }
         }
         Ok(wait)
     }
 
     /// Holds `parked` back until the fleet has synced its channels.
     pub(super) fn park(&mut self, slot: u32, parked: Parked) {
-        let until = self.now_ms + FLEET_WAIT_MS;
+        // Parked again after a retry: the wait it started with still holds.
+        let until = self
+            .park_until
+            .take()
+            .unwrap_or(self.now_ms + FLEET_WAIT_MS);
         let Some(generation) = self.conns.get(slot).map(|c| c.generation) else {
             return;
         };
@@ -183,26 +197,45 @@ impl ShardCore {
             if !open {
                 continue;
             }
+            self.park_until = Some(waiting.until);
             match waiting.parked {
                 Parked::Connect { query, prefix } => {
                     let deadline = self.now_ms + self.config.ping_interval.as_millis() as u64;
-                    if self.subscribe_query(slot, &query, prefix).is_ok() {
+                    if self.subscribe_query(slot, &query, prefix).is_ok()
+                        && self.waiting(slot).is_none()
+                    {
                         self.set_deadline(slot, deadline);
                     }
                 }
                 Parked::Subscribe { channels, since } => {
-                    let since = |name: &str| since.get(name).copied();
-                    if let Err(refused) = self.subscribe_and_notify(
-                        slot,
-                        &channels,
-                        &since,
-                        Epoch::Current,
-                        Ack::Subscribed,
-                    ) {
-                        self.client_error(slot, &refused.notice());
-                    }
+                    self.subscribe_after_wait(slot, channels, since);
                 }
             }
+            self.park_until = None;
+        }
+    }
+
+    /// A `subscribe` message, once nothing is left to wait for (or parked
+    /// again, its wait unchanged).
+    pub(super) fn subscribe_after_wait(
+        &mut self,
+        slot: u32,
+        channels: Vec<String>,
+        since: std::collections::BTreeMap<String, u64>,
+    ) {
+        let lookup = |name: &str| since.get(name).copied();
+        match self.must_wait_for_fleet(slot, &channels, &lookup) {
+            Ok(true) => return self.park(slot, Parked::Subscribe { channels, since }),
+            Ok(false) => {}
+            Err(why) => {
+                let refused = fanout::Refused { why, channels };
+                return self.client_error(slot, &refused.notice());
+            }
+        }
+        if let Err(refused) =
+            self.subscribe_and_notify(slot, &channels, &lookup, Epoch::Current, Ack::Subscribed)
+        {
+            self.client_error(slot, &refused.notice());
         }
     }
 

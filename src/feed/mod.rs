@@ -337,6 +337,7 @@ impl Distributor {
             };
             let released = ch.history().evict_if_oldest(seq);
             if released.frames > 0 {
+                ch.note_trimmed();
                 self.stats
                     .history_evicted_by_total_cap
                     .fetch_add(1, Relaxed);
@@ -444,6 +445,23 @@ impl Distributor {
                 retained,
             } => {
                 self.sync(&channel, seq, retained);
+                self.shared.upstream.note_synced();
+                self.wake_all();
+            }
+            FleetEvent::Backfill {
+                channel,
+                from,
+                retained,
+            } => {
+                let encoder = Encoder::new(&self.shared, &self.stats, &mut self.compression);
+                let frames: Vec<(u64, Encoded)> = retained
+                    .iter()
+                    .map(|(s, data)| (*s, encoder.encode(&channel.name, *s, data)))
+                    .collect();
+                for (seq, len) in channel.backfill(from, frames, self.history.per_channel) {
+                    self.retain(&channel, seq, len, Released::default());
+                }
+                self.publish_history_stats();
                 self.shared.upstream.note_synced();
                 self.wake_all();
             }

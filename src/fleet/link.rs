@@ -329,8 +329,9 @@ impl Link {
             .is_some_and(|t| Arc::ptr_eq(&t.channel, &channel));
         if same {
             // Listened to already, and synced or caught up (a sync sent is
-            // applied before anything after it).
-            return Ok(());
+            // applied before anything after it); a resume may want more of
+            // its log than the node holds.
+            return self.backfill_if_wanted(data, &channel).await;
         }
         if !self.tracked.contains_key(&channel.name) {
             timed(sink.subscribe(self.keys.live(&channel.name))).await?;
@@ -344,7 +345,39 @@ impl Link {
             },
         );
         self.publish_count();
-        self.bring_up_to_date(data, &channel).await
+        self.bring_up_to_date(data, &channel).await?;
+        self.backfill_if_wanted(data, &channel).await
+    }
+
+    /// A client resumes from further back than the node holds: what the
+    /// log has from there (up to `--history` messages), for the node's copy.
+    async fn backfill_if_wanted(
+        &mut self,
+        data: &mut MultiplexedConnection,
+        channel: &Arc<Channel>,
+    ) -> Session {
+        let Some(from) = channel.wanted_from() else {
+            return Ok(());
+        };
+        let range: StreamRangeReply = timed(
+            redis::cmd("XRANGE")
+                .arg(self.keys.log(&channel.name))
+                .arg(format!("{from}-0"))
+                .arg("+")
+                .arg("COUNT")
+                .arg(self.history.max(1))
+                .query_async(data),
+        )
+        .await?;
+        FleetStats::add(&self.stats.catchup_reads, 1);
+        let retained = entries(range);
+        FleetStats::add(&self.stats.catchup_messages, retained.len() as u64);
+        self.send(FleetEvent::Backfill {
+            channel: channel.clone(),
+            from,
+            retained,
+        })
+        .await
     }
 
     /// Unsubscribes from channels nobody wants any more (past the grace);

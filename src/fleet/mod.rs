@@ -70,6 +70,13 @@ pub enum FleetEvent {
         seq: u64,
         retained: Vec<(u64, Bytes)>,
     },
+    /// Older messages of a channel from its log, for a client resuming
+    /// from `from`, further back than the node held (oldest first).
+    Backfill {
+        channel: Arc<Channel>,
+        from: u64,
+        retained: Vec<(u64, Bytes)>,
+    },
     /// The channel is no longer listened to: forget its state unless a
     /// subscriber came meanwhile (then the link listens again).
     Forget { channel: Arc<Channel> },
