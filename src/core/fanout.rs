@@ -312,7 +312,7 @@ impl ShardCore {
     /// and a counter; sends start at the end of the loop iteration.
     pub fn deliver(&mut self, delivery: Delivery) {
         // A delivery of a new epoch must not meet the old one's seqs.
-        self.on_upstream_change();
+        self.check_epoch();
         let Some(local) = self.channels.local(delivery.channel) else {
             return;
         };

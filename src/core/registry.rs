@@ -77,6 +77,10 @@ pub struct ChannelFigures {
     pub subscribers: u64,
 }
 
+/// How long a fleet channel nobody subscribes to stays wanted after a
+/// subscriber last asked for it.
+pub const WANT_GRACE_MS: u64 = 30_000;
+
 /// Per-channel history bounds.
 #[derive(Debug, Clone, Copy)]
 pub struct HistoryLimits {
@@ -246,9 +250,11 @@ impl Channel {
         self.wanted_at.load(Relaxed)
     }
 
-    /// Whether some shard has subscribers on it.
-    pub fn is_wanted_by_shards(&self) -> bool {
-        self.has_interest()
+    /// In a fleet: whether it is still worth listening to at `now_ms`: some
+    /// shard has subscribers on it, or a subscriber asked for it within
+    /// [`WANT_GRACE_MS`] (one may be on its way).
+    pub fn is_wanted(&self, now_ms: u64) -> bool {
+        self.has_interest() || now_ms.saturating_sub(self.wanted_at()) < WANT_GRACE_MS
     }
 
     /// A publisher wrote to the channel: it no longer counts against the

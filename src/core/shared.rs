@@ -118,7 +118,6 @@ impl Shared {
 /// `/healthz` reports it. Without a fleet it stays disabled and up.
 #[derive(Default)]
 pub struct Upstream {
-    enabled: AtomicBool,
     down: AtomicBool,
     problem: Mutex<String>,
     /// Bumped when channels were synced from the fleet: shards then look at
@@ -127,15 +126,6 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn enable(&self) {
-        self.enabled.store(true, SeqCst);
-        self.set_down("not connected yet");
-    }
-
-    pub fn is_enabled(&self) -> bool {
-        self.enabled.load(Relaxed)
-    }
-
     /// Whether the link works (always, without a fleet).
     pub fn is_up(&self) -> bool {
         !self.down.load(Relaxed)

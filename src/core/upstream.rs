@@ -160,15 +160,21 @@ impl ShardCore {
     /// (every subscriber reset), and channels synced (waiting subscribers
     /// go on). Cheap when nothing changed: two atomic loads.
     pub fn on_upstream_change(&mut self) {
-        let epochs = self.shared.epoch_changes();
-        if epochs != self.epoch_seen {
-            self.epoch_seen = epochs;
-            self.on_new_epoch();
-        }
+        self.check_epoch();
         let synced = self.shared.upstream.synced();
         if synced != self.synced_seen && !self.parked.is_empty() {
             self.synced_seen = synced;
             self.retry_parked();
+        }
+    }
+
+    /// A new epoch since the shard last looked: every subscriber is reset.
+    /// One atomic load when nothing changed (it runs before each delivery).
+    pub(super) fn check_epoch(&mut self) {
+        let epochs = self.shared.epoch_changes();
+        if epochs != self.epoch_seen {
+            self.epoch_seen = epochs;
+            self.on_new_epoch();
         }
     }
 

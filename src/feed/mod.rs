@@ -201,10 +201,6 @@ impl ShardLink {
     }
 }
 
-/// A channel let go of by the fleet link keeps its state while a subscriber
-/// asked for it this recently (it is listened to again).
-const FORGET_GRACE_MS: u64 = 30_000;
-
 /// Builds a message's forms: the frame, once; the compressed frame, once,
 /// while some client takes it; the event-stream form, once, while some
 /// stream is open.
@@ -466,9 +462,7 @@ impl Distributor {
                 self.wake_all();
             }
             FleetEvent::Forget { channel } => {
-                let wanted = channel.is_wanted_by_shards()
-                    || now.saturating_sub(channel.wanted_at()) < FORGET_GRACE_MS;
-                if !wanted {
+                if !channel.is_wanted(now) {
                     let released = channel.unsync();
                     self.forget(released);
                 }

@@ -37,8 +37,8 @@ pub const PROBE_DEADLINE: Duration = Duration::from_millis(2500);
 /// Longest wait for a connection or a command.
 const TIMEOUT: Duration = Duration::from_secs(1);
 /// A channel is still listened to this long after its last subscriber here
-/// left, or after a subscriber last asked for it (one may be on its way).
-const GRACE_MS: u64 = 30_000;
+/// left (and as long after a subscriber last asked for it: `is_wanted`).
+const GRACE_MS: u64 = crate::core::registry::WANT_GRACE_MS;
 /// How often channels nobody wants any more are let go.
 const REVIEW_EVERY: Duration = Duration::from_secs(5);
 
@@ -308,9 +308,7 @@ impl Link {
             .registry
             .get(&channel.name)
             .is_some_and(|c| Arc::ptr_eq(&c, channel));
-        current
-            && (channel.is_wanted_by_shards()
-                || self.now_ms().saturating_sub(channel.wanted_at()) < GRACE_MS)
+        current && channel.is_wanted(self.now_ms())
     }
 
     /// A channel's interest changed, or it wants syncing.

@@ -129,7 +129,6 @@ pub struct Health {
 
 impl Health {
     pub fn new(shared: Arc<Shared>, url: &str) -> Health {
-        shared.upstream.enable();
         let health = Health {
             shared,
             url: redacted(url),
